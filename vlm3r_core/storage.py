@@ -1,0 +1,203 @@
+"""One storage layer for every job: local folders, ``file://`` and ``s3://`` URIs.
+
+Every input and output of the system is a URI. This module turns a URI into an fsspec filesystem
+plus a path and offers the few operations the jobs need: join, exists, list, read and write bytes,
+JSON, JSON lines and parquet. Writes are atomic per file:
+
+- local files are written to a temporary name in the same folder and renamed into place, so a
+  reader never sees a half-written file and a crash leaves no partial output;
+- S3 objects only become visible when the upload completes (single PUT or a completed multipart
+  upload), which is the same guarantee.
+
+``s3://`` honours ``AWS_ENDPOINT_URL`` (MinIO, moto, Ceph, ...) and the usual AWS credential chain.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+__all__ = [
+    "exists",
+    "filesystem",
+    "is_remote",
+    "join",
+    "list_files",
+    "pyarrow_filesystem",
+    "read_bytes",
+    "read_json",
+    "read_jsonl",
+    "read_parquet",
+    "read_text",
+    "remove",
+    "write_bytes",
+    "write_json",
+    "write_jsonl",
+    "write_parquet",
+    "write_text",
+]
+
+
+def _s3_options() -> dict[str, Any]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+
+
+def is_remote(uri: str) -> bool:
+    """True for URIs with a scheme other than ``file``."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    return scheme not in ("", "file")
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Returns ``(fs, path)`` for a URI; local paths are made absolute."""
+    if uri.startswith("s3://"):
+        fs = fsspec.filesystem("s3", **_s3_options())
+        return fs, uri[len("s3://") :].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs, path
+    return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Returns a pyarrow filesystem and path for a URI (for Ray Data and pyarrow datasets)."""
+    if uri.startswith("s3://"):
+        fs, path = filesystem(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    _, path = filesystem(uri)
+    return pafs.LocalFileSystem(), path
+
+
+def join(uri: str, *parts: str) -> str:
+    """Joins path parts onto a URI with ``/`` (also for local paths)."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out = posixpath.join(out, part.strip("/")) if part else out
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def remove(uri: str) -> None:
+    """Removes a file or a folder tree; missing targets are ignored."""
+    fs, path = filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
+    """Lists files under a folder URI (sorted), returned as URIs of the same form as ``uri``.
+
+    Missing folders give an empty list.
+    """
+    fs, root = filesystem(uri)
+    if not fs.exists(root):
+        return []
+    if recursive:
+        paths = [p for p in fs.find(root) if p.endswith(suffix)]
+    else:
+        paths = [p for p in fs.ls(root, detail=False) if p.endswith(suffix) and fs.isfile(p)]
+    return sorted(join(uri, posixpath.relpath(p, root)) for p in paths)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{uri}: no such file") from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Writes a whole file atomically (temp name + rename locally; one completed upload on S3)."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        fs.pipe_file(path, data)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{uri}: invalid JSON ({e})") from e
+
+
+def write_json(uri: str, obj: Any, indent: int | None = 2) -> None:
+    write_text(uri, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def read_jsonl(uri: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(read_text(uri).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{uri}: line {n} is not valid JSON ({e})") from e
+    return rows
+
+
+def write_jsonl(uri: str, rows: Iterable[dict]) -> None:
+    write_text(uri, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """Reads one parquet file, or every ``*.parquet`` file under a folder, into one table."""
+    fs, path = pyarrow_filesystem(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            files = list_files(uri, ".parquet")
+            if not files:
+                raise FileNotFoundError(f"{uri}: folder holds no .parquet files")
+            return pa.concat_tables([read_parquet(u, columns) for u in files], promote_options="default")
+        with fs.open_input_file(path) as f:
+            return pq.read_table(f, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{uri}: cannot read parquet ({e})") from e
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    """Writes a table to one parquet file, atomically."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes(uri, buf.getvalue())

@@ -1,0 +1,180 @@
+"""Video decoding and the one frame-sampling rule of the system.
+
+Frame sampling for a video of N decoded frames is ``numpy.linspace(0, N - 1, K, dtype=int)`` with
+K = 32 by default (the rule of the official VSI-Bench evaluation and of VLM-3R training). Questions
+that say "frame k of 32" refer to the k-th sampled frame (1-based). Training, evaluation, serving
+and token precompute all call :func:`sample_frame_indices`; nothing else samples frames.
+
+Decoding uses PyAV. Shapes: ``T`` sampled frames, ``H`` x ``W`` pixels, RGB uint8.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from vlm3r_core import storage
+
+DEFAULT_NUM_FRAMES = 32
+
+
+class VideoDecodeError(ValueError):
+    """A video that cannot be opened or decoded; the message names the video and the reason."""
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """Sampled frames of one video.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB.
+        frame_indices: (T,) indices of the sampled frames in the decoded stream.
+        timestamps: (T,) seconds of each sampled frame (index / fps).
+        num_frames: N, frames decoded from the whole video.
+        fps: average frame rate of the stream.
+    """
+
+    frames: np.ndarray
+    frame_indices: np.ndarray
+    timestamps: np.ndarray
+    num_frames: int
+    fps: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def sample_frame_indices(num_frames: int, num_samples: int = DEFAULT_NUM_FRAMES) -> np.ndarray:
+    """Indices of the uniformly sampled frames: ``linspace(0, N - 1, K, dtype=int)``.
+
+    Args:
+        num_frames: N, number of frames in the video (>= 1).
+        num_samples: K, number of frames to sample (>= 1). When K > N indices repeat, as in the
+            official evaluation.
+
+    Returns:
+        (K,) int64 array of frame indices, non-decreasing, first 0 and last N - 1.
+    """
+    if num_frames < 1:
+        raise ValueError(f"cannot sample frames from a video with {num_frames} frames")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    return np.linspace(0, num_frames - 1, num_samples, dtype=int).astype(np.int64)
+
+
+def _open(source: str | bytes, name: str) -> av.container.InputContainer:
+    try:
+        if isinstance(source, bytes):
+            return av.open(io.BytesIO(source), mode="r")
+        if storage.is_remote(source):
+            return av.open(io.BytesIO(storage.read_bytes(source)), mode="r")
+        _, path = storage.filesystem(source)
+        return av.open(path, mode="r")
+    except FileNotFoundError as e:
+        raise VideoDecodeError(f"{name}: no such video file") from e
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoDecodeError(f"{name}: cannot open video ({e})") from e
+
+
+def _count_frames(source: str | bytes, name: str) -> int:
+    """Counts the video packets of the first stream without decoding them."""
+    with _open(source, name) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{name}: no video stream")
+        stream = container.streams.video[0]
+        try:
+            return sum(1 for p in container.demux(stream) if p.size > 0)
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"{name}: cannot read packets ({e})") from e
+
+
+def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frames: int | None):
+    """Decodes the whole stream once; returns ({index: (H, W, 3) uint8}, decoded count, fps)."""
+    kept: dict[int, np.ndarray] = {}
+    count = 0
+    with _open(source, name) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate) if stream.average_rate else 0.0
+        try:
+            for frame in container.decode(stream):
+                if count in wanted:
+                    kept[count] = frame.to_ndarray(format="rgb24")
+                count += 1
+                if max_frames is not None and count > max_frames:
+                    raise VideoDecodeError(f"{name}: more than {max_frames} frames")
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"{name}: decoding failed after {count} frames ({e})") from e
+    return kept, count, fps
+
+
+def read_video(
+    source: str | bytes,
+    num_samples: int = DEFAULT_NUM_FRAMES,
+    max_frames: int | None = None,
+    name: str | None = None,
+) -> DecodedVideo:
+    """Decodes a video and returns its uniformly sampled frames.
+
+    Packets are counted first (cheap), then the stream is decoded once keeping only the sampled
+    frames in memory. If the decoder yields a different number of frames than there were packets,
+    the sampling is redone on the decoded count (a second decode).
+
+    Args:
+        source: a URI (local path, ``file://``, ``s3://``) or the encoded bytes.
+        num_samples: K frames to sample.
+        max_frames: refuse videos with more frames than this (serving limits).
+        name: how errors name the video (defaults to the URI).
+
+    Raises:
+        VideoDecodeError: unreadable, empty or over-long video.
+    """
+    name = name or (source if isinstance(source, str) else "<video bytes>")
+    if isinstance(source, str) and storage.is_remote(source):
+        source = storage.read_bytes(source)  # fetch once, decode twice
+    packets = _count_frames(source, name)
+    if max_frames is not None and packets > max_frames:
+        raise VideoDecodeError(f"{name}: {packets} frames, more than the limit of {max_frames}")
+    if packets == 0:
+        raise VideoDecodeError(f"{name}: no decodable frames")
+    indices = sample_frame_indices(packets, num_samples)
+    kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames)
+    if count == 0:
+        raise VideoDecodeError(f"{name}: no decodable frames")
+    if count != packets:
+        indices = sample_frame_indices(count, num_samples)
+        kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames)
+    fps = fps if fps > 0 else 1.0
+    return DecodedVideo(
+        frames=np.stack([kept[i] for i in indices.tolist()]),  # (T, H, W, 3)
+        frame_indices=indices,
+        timestamps=indices / fps,
+        num_frames=count,
+        fps=fps,
+    )
+
+
+def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23) -> None:
+    """Encodes (N, H, W, 3) uint8 RGB frames as an H.264 mp4 at ``uri`` (atomic write).
+
+    H and W must be even (yuv420p).
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{uri}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    n, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{uri}: H.264 needs even width and height, got {w}x{h}")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for i in range(n):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i], format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    storage.write_bytes(uri, buf.getvalue())
