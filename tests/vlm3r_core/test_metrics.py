@@ -1,0 +1,93 @@
+"""The scorer against hand-computed official scores."""
+
+import pytest
+
+from vlm3r_core.metrics import (
+    ScoredRow,
+    lenient_parse_choice,
+    lenient_parse_number,
+    mean_relative_accuracy,
+    official_parse,
+    score_lenient,
+    score_official,
+    summarize,
+    summary_markdown,
+)
+
+
+@pytest.mark.parametrize(
+    "text, parsed",
+    [("A. left", "A"), ("A.", "A"), ("3.5 meters", "3.5"), ("The answer is A", "The"), ("about 3.5", "about"), ("\n4\n", "4")],
+)
+def test_official_parse_takes_first_token(text, parsed):
+    assert official_parse(text) == parsed
+
+
+def test_mean_relative_accuracy_known_values():
+    assert mean_relative_accuracy(10, 10) == 1.0
+    # relative error 0.1 -> passes thresholds with 1 - θ >= 0.1: θ in 0.50..0.90 -> 9 of 10
+    assert mean_relative_accuracy(11, 10) == pytest.approx(0.9)
+    # relative error 0.5 -> only θ = 0.50 passes (<= is inclusive)
+    assert mean_relative_accuracy(15, 10) == pytest.approx(0.1)
+    assert mean_relative_accuracy(16, 10) == 0.0
+    assert mean_relative_accuracy(-10, 10) == 0.0
+
+
+def test_official_scores_for_multiple_choice_and_numbers():
+    assert score_official("object_rel_distance", "B", "B") == 1.0
+    assert score_official("object_rel_distance", "b.", "B") == 1.0
+    assert score_official("object_rel_distance", "B) chair", "B") == 0.0  # "B)" is not "B"
+    assert score_official("object_rel_distance", "The answer is B", "B") == 0.0
+    # VSTI multiple choice compares with mc_answer
+    assert score_official("camera_obj_rel_dist_v1", "C", "table", mc_answer="C") == 1.0
+    assert score_official("object_abs_distance", "2.2 meters", "2.0") == pytest.approx(0.9)
+    assert score_official("object_abs_distance", "approximately 2", "2.0") == 0.0
+    assert score_official("object_counting", "4", "4") == 1.0
+    assert score_official("object_counting", "four", "4") == 0.0
+
+
+def test_lenient_reads_what_official_rejects():
+    options = ["A. chair", "B. table", "C. sofa", "D. lamp"]
+    assert lenient_parse_choice("B) table", options) == "B"
+    assert lenient_parse_choice("(C)", options) == "C"
+    assert lenient_parse_choice("The answer is D.", options) == "D"
+    assert lenient_parse_choice("sofa", options) == "C"
+    assert lenient_parse_choice("no idea", options) is None
+    assert score_lenient("object_rel_distance", "B) table", "B", options=options) == 1.0
+    # units: 150 cm for a question in metres is 1.5 m
+    assert lenient_parse_number("about 150 cm", "object_abs_distance") == pytest.approx(1.5)
+    assert lenient_parse_number("1.2 m", "object_size_estimation") == pytest.approx(120.0)
+    assert lenient_parse_number("roughly 20 square meters", "room_size_estimation") == pytest.approx(20.0)
+    assert score_lenient("object_abs_distance", "approximately 2", "2.0") == 1.0
+    assert score_lenient("object_counting", "four", "4") == 0.0
+
+
+def test_vsibench_summary_merges_relative_direction_levels_before_the_overall_mean():
+    rows = [
+        ScoredRow("object_counting", 1.0, 1.0),
+        ScoredRow("object_counting", 0.0, 1.0),
+        ScoredRow("object_rel_direction_easy", 1.0, 1.0),
+        ScoredRow("object_rel_direction_medium", 0.0, 0.0),
+        ScoredRow("object_rel_direction_medium", 0.0, 0.0),
+        ScoredRow("object_rel_direction_hard", 1.0, 1.0),
+    ]
+    s = summarize(rows)["vsibench"]
+    assert s.tasks["object_counting"] == (50.0, 100.0, 2)
+    # mean of level means (1 + 0 + 1) / 3, not the sample mean 2 / 4
+    assert s.tasks["object_rel_direction"][0] == pytest.approx(200 / 3)
+    assert s.overall_official == pytest.approx((50 + 200 / 3) / 2)
+    assert "object_rel_direction_easy" not in s.tasks
+    assert "| object_counting | 2 | 50.0 | 100.0 |" in summary_markdown({"vsibench": s})
+
+
+def test_vstibench_summary_keeps_subtypes_separate():
+    rows = [
+        ScoredRow("camera_obj_rel_dist_v1", 1.0, 1.0),
+        ScoredRow("camera_obj_rel_dist_v2", 0.0, 0.0),
+        ScoredRow("camera_displacement", 0.5, 0.5),
+        ScoredRow("object_counting", 1.0, 1.0),
+    ]
+    out = summarize(rows)
+    assert set(out) == {"vsibench", "vstibench"}
+    assert out["vstibench"].overall_official == pytest.approx(100 * (1 + 0 + 0.5) / 3)
+    assert out["vsibench"].overall_official == 100.0

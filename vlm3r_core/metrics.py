@@ -1,0 +1,219 @@
+"""VSI-Bench / VSTI-Bench scoring: the official rules exactly, plus a lenient parser reported apart.
+
+Official rules (thinking-in-space ``lmms_eval/tasks/vsibench/utils.py`` and the VSTI-Bench task):
+
+- Parsing: the first space-separated token of the output, trailing ``.`` stripped
+  (``"A. left"`` -> ``"A"``, ``"3.5 meters"`` -> ``"3.5"``, ``"about 3.5"`` -> ``"about"``).
+- Multiple choice (MCA): case-insensitive exact match with the answer letter (``mc_answer`` when
+  the row has one, as in VSTI-Bench, else ``ground_truth``).
+- Numeric (NA): ``float()`` of the token; a parse failure scores 0. Mean relative accuracy over
+  the thresholds 0.50, 0.55, ..., 0.95: ``mean_θ [ |pred - gt| / gt <= 1 - θ ]``.
+- VSI-Bench aggregation: mean per ``question_type``; ``object_rel_direction_{easy,medium,hard}``
+  are averaged into one task first; overall = mean of the task scores, x 100.
+- VSTI-Bench aggregation: mean per ``question_type`` and overall = mean over every type present
+  (sub-types such as ``_v1/_v2/_v3`` are not merged), x 100.
+
+The lenient parser also reads ``"B) chair"``, ``"(B)"``, ``"The answer is B"``, the full option
+text, and numbers with units (``"150 cm"`` for a question asked in metres). It is always reported
+in its own column and never changes the official score.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+MRA_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+
+# question_type -> unit the ground truth is expressed in
+NUMERIC_QUESTION_UNITS = {
+    "object_counting": None,
+    "object_size_estimation": "cm",
+    "room_size_estimation": "m2",
+    "object_abs_distance": "m",
+    "camera_obj_abs_dist": "m",
+    "camera_displacement": "m",
+    "camera_obj_dist_change": "m",
+}
+REL_DIRECTION_LEVELS = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
+VSTI_PREFIXES = ("camera_", "obj_obj_relative_pos")
+
+
+def is_numeric_question(question_type: str) -> bool:
+    return question_type in NUMERIC_QUESTION_UNITS
+
+
+def benchmark_of(question_type: str) -> str:
+    """``"vstibench"`` for camera and object-object position questions, else ``"vsibench"``."""
+    return "vstibench" if question_type.startswith(VSTI_PREFIXES) else "vsibench"
+
+
+def official_parse(prediction: str) -> str:
+    """The official answer extraction: first space-separated token, trailing ``.`` removed."""
+    return prediction.split(" ")[0].rstrip(".").strip()
+
+
+def mean_relative_accuracy(prediction: float, ground_truth: float) -> float:
+    """Mean over thresholds θ in {0.50, ..., 0.95} of ``|pred - gt| / gt <= 1 - θ``."""
+    relative_error = abs(prediction - ground_truth) / ground_truth
+    return float(np.mean(relative_error <= 1 - MRA_THRESHOLDS))
+
+
+def _target(ground_truth: str, mc_answer: str | None) -> str:
+    return mc_answer if mc_answer else ground_truth
+
+
+def score_official(question_type: str, prediction: str, ground_truth: str, mc_answer: str | None = None) -> float:
+    """Score of one prediction under the official rules, in [0, 1]."""
+    parsed = official_parse(prediction)
+    if not is_numeric_question(question_type):
+        return 1.0 if parsed.lower() == _target(ground_truth, mc_answer).lower() else 0.0
+    try:
+        return mean_relative_accuracy(float(parsed), float(ground_truth))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 0.0
+
+
+_LETTER_PATTERNS = [
+    re.compile(r"^\s*\(?([A-Z])\s*[\.\):]?(?:\s|$)"),  # "B", "B.", "B)", "(B)", "B: chair"
+    re.compile(r"\b(?:answer|option)\s*(?:is|:)?\s*\(?([A-Z])\b", re.IGNORECASE),  # "The answer is B"
+]
+_NUMBER = r"[-+]?\d+(?:,\d{3})*(?:\.\d+)?|[-+]?\.\d+"
+_UNIT_TO_BASE = {  # factor to metres (length) or square metres (area)
+    "mm": ("m", 0.001), "millimeter": ("m", 0.001), "millimeters": ("m", 0.001), "millimetres": ("m", 0.001),
+    "cm": ("m", 0.01), "centimeter": ("m", 0.01), "centimeters": ("m", 0.01), "centimetres": ("m", 0.01),
+    "m": ("m", 1.0), "meter": ("m", 1.0), "meters": ("m", 1.0), "metre": ("m", 1.0), "metres": ("m", 1.0),
+    "km": ("m", 1000.0),
+    "ft": ("m", 0.3048), "feet": ("m", 0.3048), "foot": ("m", 0.3048),
+    "in": ("m", 0.0254), "inch": ("m", 0.0254), "inches": ("m", 0.0254),
+    "m2": ("m2", 1.0), "m²": ("m2", 1.0), "sqm": ("m2", 1.0), "sq m": ("m2", 1.0),
+    "square meters": ("m2", 1.0), "square metres": ("m2", 1.0), "square meter": ("m2", 1.0),
+    "sq ft": ("m2", 0.092903), "square feet": ("m2", 0.092903),
+}
+_UNIT_PATTERN = "|".join(sorted((re.escape(u) for u in _UNIT_TO_BASE), key=len, reverse=True))
+_NUMBER_WITH_UNIT = re.compile(rf"({_NUMBER})\s*({_UNIT_PATTERN})?(?![A-Za-z])", re.IGNORECASE)
+
+
+def lenient_parse_choice(prediction: str, options: Sequence[str]) -> str | None:
+    """The chosen letter from free text, or None. Options are lettered ``"A. chair"``."""
+    for pattern in _LETTER_PATTERNS:
+        m = pattern.search(prediction.strip())
+        if m and (not options or any(o.upper().startswith(m.group(1).upper() + ".") for o in options)):
+            return m.group(1).upper()
+    text = prediction.strip().rstrip(".").lower()
+    matches = [o.split(".", 1)[0].strip().upper() for o in options if o.split(".", 1)[-1].strip().lower() == text]
+    return matches[0] if len(matches) == 1 else None
+
+
+def lenient_parse_number(prediction: str, question_type: str) -> float | None:
+    """The first number in free text, converted to the question's unit when a unit is written."""
+    m = _NUMBER_WITH_UNIT.search(prediction)
+    if not m:
+        return None
+    value = float(m.group(1).replace(",", ""))
+    unit = (m.group(2) or "").lower()
+    wanted = NUMERIC_QUESTION_UNITS.get(question_type)
+    if not unit or wanted is None or unit not in _UNIT_TO_BASE:
+        return value
+    base, factor = _UNIT_TO_BASE[unit]
+    wanted_base, wanted_factor = ("m", 0.01) if wanted == "cm" else (wanted, 1.0)
+    if base != wanted_base:
+        return value  # a length for an area question: keep the number as written
+    return value * factor / wanted_factor
+
+
+def score_lenient(
+    question_type: str, prediction: str, ground_truth: str, mc_answer: str | None = None, options: Sequence[str] = ()
+) -> float:
+    """Score with the lenient parser, in [0, 1]."""
+    if not is_numeric_question(question_type):
+        letter = lenient_parse_choice(prediction, options)
+        return 1.0 if letter is not None and letter.lower() == _target(ground_truth, mc_answer).lower() else 0.0
+    value = lenient_parse_number(prediction, question_type)
+    if value is None:
+        return 0.0
+    try:
+        return mean_relative_accuracy(value, float(ground_truth))
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    question_type: str
+    official: float
+    lenient: float
+
+
+@dataclass(frozen=True)
+class BenchmarkSummary:
+    """Scores x 100 per task and overall, official and lenient, for one benchmark.
+
+    ``tasks`` maps a task (the rows' question types, with relative direction merged for
+    VSI-Bench) to ``(official, lenient, count)``.
+    """
+
+    benchmark: str
+    tasks: dict[str, tuple[float, float, int]]
+    overall_official: float
+    overall_lenient: float
+
+    def to_dict(self) -> dict:
+        return {
+            "benchmark": self.benchmark,
+            "overall": {"official": self.overall_official, "lenient": self.overall_lenient},
+            "tasks": {t: {"official": o, "lenient": le, "count": n} for t, (o, le, n) in self.tasks.items()},
+        }
+
+
+def summarize(rows: Iterable[ScoredRow]) -> dict[str, BenchmarkSummary]:
+    """Aggregates scored rows per benchmark with the official rules (see the module docstring)."""
+    by_type: dict[str, list[ScoredRow]] = defaultdict(list)
+    for row in rows:
+        by_type[row.question_type].append(row)
+    out: dict[str, BenchmarkSummary] = {}
+    for benchmark in ("vsibench", "vstibench"):
+        types = sorted(t for t in by_type if benchmark_of(t) == benchmark)
+        if not types:
+            continue
+        per_type = {
+            t: (
+                float(np.mean([r.official for r in by_type[t]])),
+                float(np.mean([r.lenient for r in by_type[t]])),
+                len(by_type[t]),
+            )
+            for t in types
+        }
+        tasks = dict(per_type)
+        if benchmark == "vsibench":
+            levels = [t for t in REL_DIRECTION_LEVELS if t in per_type]
+            if levels:
+                for t in levels:
+                    del tasks[t]
+                tasks["object_rel_direction"] = (
+                    float(np.mean([per_type[t][0] for t in levels])),
+                    float(np.mean([per_type[t][1] for t in levels])),
+                    sum(per_type[t][2] for t in levels),
+                )
+        tasks = {t: (100 * o, 100 * le, n) for t, (o, le, n) in sorted(tasks.items())}
+        out[benchmark] = BenchmarkSummary(
+            benchmark=benchmark,
+            tasks=tasks,
+            overall_official=float(np.mean([v[0] for v in tasks.values()])),
+            overall_lenient=float(np.mean([v[1] for v in tasks.values()])),
+        )
+    return out
+
+
+def summary_markdown(summaries: dict[str, BenchmarkSummary], title: str = "") -> str:
+    """A markdown table per benchmark: task, count, official, lenient."""
+    lines = [f"## {title}", ""] if title else []
+    for s in summaries.values():
+        lines += [f"### {s.benchmark}", "", "| task | n | official | lenient |", "|---|---:|---:|---:|"]
+        lines += [f"| {t} | {n} | {o:.1f} | {le:.1f} |" for t, (o, le, n) in s.tasks.items()]
+        lines += [f"| **overall** | | **{s.overall_official:.1f}** | **{s.overall_lenient:.1f}** |", ""]
+    return "\n".join(lines)
