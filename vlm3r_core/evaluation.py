@@ -1,0 +1,264 @@
+"""Benchmark rows in, scored predictions and reports out (VSI-Bench / VSTI-Bench).
+
+Reads our generated benchmark files and the official released ones (parquet, JSON or JSON lines
+with the official field names: VSI-Bench rows carry no video path, their video is
+``{videos_root}/{dataset}/{scene_name}.mp4``; VSTI-Bench rows carry ``video_path``). Scores model
+outputs with :mod:`vlm3r_core.metrics` and writes, under the output URI:
+
+- ``predictions.jsonl``: one record per question (question, options, ground truth, raw output,
+  parsed answer, official and lenient score);
+- ``summary.json`` and ``summary.md``: per task and overall, official and lenient, per benchmark;
+- ``plots/<task>.png``: per task, predicted against true letters (multiple choice) or predicted
+  against true values (numeric), and ``plots/overview_<benchmark>.png`` with a bar per task.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from vlm3r_core import storage
+from vlm3r_core.metrics import (
+    BenchmarkSummary,
+    ScoredRow,
+    is_numeric_question,
+    lenient_parse_choice,
+    lenient_parse_number,
+    official_parse,
+    score_lenient,
+    score_official,
+    summarize,
+    summary_markdown,
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """One benchmark question. ``video`` is an absolute URI; ``video_id`` joins token shards."""
+
+    id: str
+    dataset: str
+    scene_name: str
+    question_type: str
+    question: str
+    options: tuple[str, ...]
+    ground_truth: str
+    mc_answer: str | None
+    video: str
+    frame_indices: tuple[int, ...] = ()
+
+    @property
+    def video_id(self) -> str:
+        return f"{self.dataset}/{self.scene_name}"
+
+
+def _load_records(uri: str) -> list[dict]:
+    if uri.endswith(".parquet") or not uri.endswith((".json", ".jsonl")):
+        table = storage.read_parquet(uri)
+        return table.to_pylist()
+    if uri.endswith(".jsonl"):
+        return storage.read_jsonl(uri)
+    data = storage.read_json(uri)
+    if not isinstance(data, list):
+        raise ValueError(f"{uri}: expected a JSON list of benchmark rows, got {type(data).__name__}")
+    return data
+
+
+def read_benchmark(uri: str, videos_root: str | None = None, split: str | None = None) -> list[BenchmarkRow]:
+    """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
+
+    Args:
+        uri: the benchmark file (or a folder of parquet files).
+        videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
+            (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
+            absolute ``video`` URI (our generated ones) keep it.
+        split: keep only rows of this split (rows without a split are kept).
+
+    Raises:
+        ValueError: a row misses a required field; the message names the row and the field.
+    """
+    root = videos_root or uri.rsplit("/", 1)[0]
+    rows = []
+    for n, r in enumerate(_load_records(uri)):
+        if split is not None and r.get("split") not in (None, split):
+            continue
+        missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
+        if missing:
+            raise ValueError(f"{uri}: row {r.get('id', n)} misses {', '.join(missing)}")
+        video = r.get("video") or r.get("video_path")
+        if not video:
+            video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")
+        elif "://" not in video and not video.startswith("/"):
+            video = storage.join(root, video)
+        rows.append(
+            BenchmarkRow(
+                id=str(r.get("id", n)),
+                dataset=str(r["dataset"]),
+                scene_name=str(r["scene_name"]),
+                question_type=str(r["question_type"]),
+                question=str(r["question"]),
+                options=tuple(r.get("options") or ()),
+                ground_truth=str(r["ground_truth"]),
+                mc_answer=r.get("mc_answer") or None,
+                video=video,
+                frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
+            )
+        )
+    return rows
+
+
+def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> list[dict]:
+    """One record per row with the raw output, parsed answers and both scores.
+
+    A row without an output (its inference failed) scores 0 and carries ``error``.
+    """
+    records = []
+    for row in rows:
+        raw = outputs.get(row.id)
+        if is_numeric_question(row.question_type):
+            lenient = lenient_parse_number(raw or "", row.question_type)
+        else:
+            lenient = lenient_parse_choice(raw or "", row.options)
+        records.append(
+            {
+                **{k: v for k, v in asdict(row).items() if k != "frame_indices"},
+                "options": list(row.options),
+                "prediction": raw,
+                "parsed_official": official_parse(raw) if raw is not None else None,
+                "parsed_lenient": lenient,
+                "score_official": score_official(row.question_type, raw, row.ground_truth, row.mc_answer) if raw is not None else 0.0,
+                "score_lenient": score_lenient(row.question_type, raw, row.ground_truth, row.mc_answer, row.options)
+                if raw is not None
+                else 0.0,
+                **({} if raw is not None else {"error": "no output"}),
+            }
+        )
+    return records
+
+
+def summarize_records(records: Sequence[dict]) -> dict[str, BenchmarkSummary]:
+    return summarize(ScoredRow(r["question_type"], r["score_official"], r["score_lenient"]) for r in records)
+
+
+def evaluate(rows: Sequence[BenchmarkRow], predict: Callable[[Sequence[BenchmarkRow]], list[str]]) -> list[dict]:
+    """Runs ``predict`` on all rows in one call and scores the outputs (for small, local runs)."""
+    outputs = predict(rows)
+    if len(outputs) != len(rows):
+        raise ValueError(f"predict returned {len(outputs)} outputs for {len(rows)} rows")
+    return score_predictions(rows, {row.id: out for row, out in zip(rows, outputs)})
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def task_plot(task: str, records: Sequence[dict]) -> bytes:
+    """PNG for one task: letter confusion counts (multiple choice) or predicted vs true values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    official = 100 * float(np.mean([r["score_official"] for r in records]))
+    if is_numeric_question(records[0]["question_type"]):
+        truth = [float(r["ground_truth"]) for r in records]
+        pred = [r["parsed_lenient"] if r["parsed_lenient"] is not None else np.nan for r in records]
+        ax.scatter(truth, pred, s=14, alpha=0.7)
+        finite = [v for v in truth + pred if v is not None and np.isfinite(v)]
+        lo, hi = (min(finite), max(finite)) if finite else (0, 1)
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+        ax.set_xlabel("ground truth")
+        ax.set_ylabel("prediction (lenient parse)")
+    else:
+        letters = sorted({r["mc_answer"] or r["ground_truth"] for r in records} | {"?"})
+        truth_counts = [sum((r["mc_answer"] or r["ground_truth"]) == ch for r in records) for ch in letters]
+        pred_counts = [sum((r["parsed_lenient"] or "?") == ch for r in records) for ch in letters]
+        x = np.arange(len(letters))
+        ax.bar(x - 0.2, truth_counts, 0.4, label="true answer")
+        ax.bar(x + 0.2, pred_counts, 0.4, label="predicted")
+        ax.set_xticks(x, letters)
+        ax.set_ylabel("questions")
+        ax.legend()
+    ax.set_title(f"{task}: {official:.1f} official (n={len(records)})")
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def overview_plot(summary: BenchmarkSummary, baseline: BenchmarkSummary | None = None) -> bytes:
+    """PNG with one bar per task (official and lenient; the baseline's official when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(summary.tasks) + ["overall"]
+    official = [summary.tasks[t][0] for t in summary.tasks] + [summary.overall_official]
+    lenient = [summary.tasks[t][1] for t in summary.tasks] + [summary.overall_lenient]
+    x = np.arange(len(tasks))
+    width = 0.28 if baseline else 0.4
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(tasks)), 4))
+    ax.bar(x - width / 2 if not baseline else x - width, official, width, label="official")
+    ax.bar(x + width / 2 if not baseline else x, lenient, width, label="lenient")
+    if baseline:
+        base = [baseline.tasks.get(t, (np.nan,))[0] for t in summary.tasks] + [baseline.overall_official]
+        ax.bar(x + width, base, width, label="baseline (official)")
+    ax.set_xticks(x, tasks, rotation=40, ha="right")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 100)
+    ax.set_title(summary.benchmark)
+    ax.legend()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def write_report(
+    out: str,
+    records: Sequence[dict],
+    title: str = "",
+    baseline: dict[str, BenchmarkSummary] | None = None,
+) -> dict[str, BenchmarkSummary]:
+    """Writes predictions, summary (JSON + markdown) and plots under ``out``; returns the summary."""
+    summaries = summarize_records(records)
+    storage.write_jsonl(storage.join(out, "predictions.jsonl"), records)
+    storage.write_json(
+        storage.join(out, "summary.json"),
+        {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()}},
+    )
+    markdown = summary_markdown(summaries, title)
+    if baseline:
+        markdown += "\n" + summary_markdown(baseline, "baseline")
+    storage.write_text(storage.join(out, "summary.md"), markdown)
+    by_task: dict[str, list[dict]] = {}
+    for r in records:
+        by_task.setdefault(r["question_type"], []).append(r)
+    for task, task_records in sorted(by_task.items()):
+        storage.write_bytes(storage.join(out, "plots", f"{task}.png"), task_plot(task, task_records))
+    for name, summary in summaries.items():
+        storage.write_bytes(
+            storage.join(out, "plots", f"overview_{name}.png"),
+            overview_plot(summary, (baseline or {}).get(name)),
+        )
+    return summaries
+
+
+def read_summary(uri: str) -> dict[str, BenchmarkSummary]:
+    """Reads a ``summary.json`` written by :func:`write_report`."""
+    data = storage.read_json(uri)
+    out = {}
+    for name, s in data["benchmarks"].items():
+        out[name] = BenchmarkSummary(
+            benchmark=name,
+            tasks={t: (v["official"], v["lenient"], v["count"]) for t, v in s["tasks"].items()},
+            overall_official=s["overall"]["official"],
+            overall_lenient=s["overall"]["lenient"],
+        )
+    return out
+
