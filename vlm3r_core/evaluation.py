@@ -176,7 +176,8 @@ def task_plot(task: str, records: Sequence[dict]) -> bytes:
         ax.set_xlabel("ground truth")
         ax.set_ylabel("prediction (lenient parse)")
     else:
-        letters = sorted({r["mc_answer"] or r["ground_truth"] for r in records} | {"?"})
+        option_letters = {o.split(".", 1)[0].strip() for r in records for o in r["options"]}
+        letters = sorted(option_letters | {r["mc_answer"] or r["ground_truth"] for r in records}) + ["?"]
         truth_counts = [sum((r["mc_answer"] or r["ground_truth"]) == ch for r in records) for ch in letters]
         pred_counts = [sum((r["parsed_lenient"] or "?") == ch for r in records) for ch in letters]
         x = np.arange(len(letters))

@@ -11,6 +11,7 @@ Decoding uses PyAV. Shapes: ``T`` sampled frames, ``H`` x ``W`` pixels, RGB uint
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import av
@@ -164,17 +165,36 @@ def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23) -> None
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{uri}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"{uri}: H.264 needs even width and height, got {w}x{h}")
+    write_video_stream(uri, iter(frames), fps, crf)
+
+
+def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 23) -> int:
+    """Encodes (H, W, 3) uint8 RGB frames one at a time as an H.264 mp4 at ``uri`` (atomic write).
+
+    Only the encoded bytes are held in memory, so long videos need not fit in RAM as raw frames.
+    Every frame must have the same even H and W (yuv420p). Returns the number of frames written.
+    """
     buf = io.BytesIO()
+    n, stream = 0, None
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for i in range(n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frames[i], format="rgb24")):
+        for frame in frames:
+            if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+                raise ValueError(f"{uri}: frame {n} must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+            h, w = frame.shape[:2]
+            if stream is None:
+                if h % 2 or w % 2:
+                    raise ValueError(f"{uri}: H.264 needs even width and height, got {w}x{h}")
+                stream = container.add_stream("libx264", rate=int(round(fps)))
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "veryfast"}
+            elif (w, h) != (stream.width, stream.height):
+                raise ValueError(f"{uri}: frame {n} is {w}x{h}, the video is {stream.width}x{stream.height}")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+            n += 1
+        if stream is None:
+            raise ValueError(f"{uri}: no frames to encode")
         for packet in stream.encode():
             container.mux(packet)
     storage.write_bytes(uri, buf.getvalue())
+    return n
