@@ -26,6 +26,10 @@ class VideoDecodeError(ValueError):
     """A video that cannot be opened or decoded; the message names the video and the reason."""
 
 
+class VideoTooLongError(VideoDecodeError):
+    """A video with more frames than the ``max_frames`` limit of :func:`read_video`."""
+
+
 @dataclass(frozen=True)
 class DecodedVideo:
     """Sampled frames of one video.
@@ -106,7 +110,7 @@ def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frame
                     kept[count] = frame.to_ndarray(format="rgb24")
                 count += 1
                 if max_frames is not None and count > max_frames:
-                    raise VideoDecodeError(f"{name}: more than {max_frames} frames")
+                    raise VideoTooLongError(f"{name}: more than {max_frames} frames")
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"{name}: decoding failed after {count} frames ({e})") from e
     return kept, count, fps
@@ -131,14 +135,15 @@ def read_video(
         name: how errors name the video (defaults to the URI).
 
     Raises:
-        VideoDecodeError: unreadable, empty or over-long video.
+        VideoDecodeError: unreadable or empty video.
+        VideoTooLongError: more than ``max_frames`` frames (a ``VideoDecodeError``).
     """
     name = name or (source if isinstance(source, str) else "<video bytes>")
     if isinstance(source, str) and storage.is_remote(source):
         source = storage.read_bytes(source)  # fetch once, decode twice
     packets = _count_frames(source, name)
     if max_frames is not None and packets > max_frames:
-        raise VideoDecodeError(f"{name}: {packets} frames, more than the limit of {max_frames}")
+        raise VideoTooLongError(f"{name}: {packets} frames, more than the limit of {max_frames}")
     if packets == 0:
         raise VideoDecodeError(f"{name}: no decodable frames")
     indices = sample_frame_indices(packets, num_samples)
@@ -158,21 +163,23 @@ def read_video(
     )
 
 
-def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23) -> None:
+def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23, threads: int = 0) -> None:
     """Encodes (N, H, W, 3) uint8 RGB frames as an H.264 mp4 at ``uri`` (atomic write).
 
-    H and W must be even (yuv420p).
+    H and W must be even (yuv420p). ``threads``: encoder threads, 0 = libx264's choice; use 1 for
+    byte-identical output (multi-threaded libx264 output varies from run to run).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{uri}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    write_video_stream(uri, iter(frames), fps, crf)
+    write_video_stream(uri, iter(frames), fps, crf, threads)
 
 
-def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 23) -> int:
+def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 23, threads: int = 0) -> int:
     """Encodes (H, W, 3) uint8 RGB frames one at a time as an H.264 mp4 at ``uri`` (atomic write).
 
     Only the encoded bytes are held in memory, so long videos need not fit in RAM as raw frames.
     Every frame must have the same even H and W (yuv420p). Returns the number of frames written.
+    ``threads`` as in :func:`write_video`.
     """
     buf = io.BytesIO()
     n, stream = 0, None
@@ -186,7 +193,10 @@ def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: 
                     raise ValueError(f"{uri}: H.264 needs even width and height, got {w}x{h}")
                 stream = container.add_stream("libx264", rate=int(round(fps)))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
+                options = {"crf": str(crf), "preset": "veryfast"}
+                if threads:  # frame and lookahead threads both: either alone leaves the output varying
+                    options["x264-params"] = f"threads={threads}:lookahead-threads={threads}"
+                stream.options = options
             elif (w, h) != (stream.width, stream.height):
                 raise ValueError(f"{uri}: frame {n} is {w}x{h}, the video is {stream.width}x{stream.height}")
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -1,0 +1,69 @@
+"""jobs/convert_scenes.py on local Ray: ScanNet fixture scans in, scene folders on S3 (moto) out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datagen" / "readers"))
+
+import source_fixtures as sf  # noqa: E402
+
+from datagen.readers import errors_uri, read_manifest  # noqa: E402
+from datagen.scene import read_scene  # noqa: E402
+from jobs.convert_scenes import main  # noqa: E402
+from vlm3r_core import storage  # noqa: E402
+from vlm3r_core.video import read_video  # noqa: E402
+
+
+def test_convert_scenes_records_failures_and_resumes(ray_local, moto_s3, tmp_path, capsys):
+    scans = tmp_path / "scannet" / "scans"
+    sf.write_scannet_scene(scans, "scene0000_00")
+    broken = sf.write_scannet_scene(scans, "scene0011_00")
+    sf.write_scannet_scene(scans, "scene0099_00")  # in no official split list
+    mesh = broken / "scene0011_00_vh_clean_2.ply"
+    intact = mesh.read_bytes()
+    mesh.write_bytes(intact[:-40])
+    splits = tmp_path / "Benchmark"
+    splits.mkdir()
+    (splits / "scannetv2_train.txt").write_text("scene0000_00\n")
+    (splits / "scannetv2_val.txt").write_text("scene0011_00\n")
+    out = f"{moto_s3}/vlm3r-data"
+    argv = [
+        "--dataset",
+        "scannet",
+        "--source",
+        str(tmp_path / "scannet"),
+        "--out",
+        out,
+        "--splits-dir",
+        str(splits),
+    ]
+
+    assert main(argv) == 1
+    errors = {e["scene_id"]: e["error"] for e in storage.read_jsonl(errors_uri(out, "scannet"))}
+    assert set(errors) == {"scene0011_00", "scene0099_00"}
+    assert "scene0011_00_vh_clean_2.ply: truncated" in errors["scene0011_00"]
+    assert "none of the official split lists" in errors["scene0099_00"]
+    manifest = read_manifest(out, "scannet")
+    assert list(manifest) == ["scene0000_00"]
+    row = manifest["scene0000_00"]
+    assert (row["split"], row["num_frames"], row["frames_dropped"]) == ("train", 3, 1)
+    scene = read_scene(row["uri"])
+    assert row["uri"] == f"{out}/scenes/scannet/scene0000_00" and scene.split == "train"
+    assert read_video(scene.video_uri(row["uri"]), num_samples=3).num_frames == scene.video.num_frames == 3
+    assert (
+        "1 scannet scenes converted (0 already done, 2 failed, 1 frames dropped)" in capsys.readouterr().out
+    )
+
+    mesh.write_bytes(intact)
+    (splits / "scannetv2_test.txt").write_text("scene0099_00\n")
+    assert main(argv) == 0
+    assert storage.read_jsonl(errors_uri(out, "scannet")) == []
+    manifest = read_manifest(out, "scannet")
+    assert {k: r["split"] for k, r in manifest.items()} == {
+        "scene0000_00": "train", "scene0011_00": "val", "scene0099_00": "test"
+    }  # fmt: skip
+    assert (
+        "2 scannet scenes converted (1 already done, 0 failed, 2 frames dropped)" in capsys.readouterr().out
+    )
