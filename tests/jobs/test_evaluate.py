@@ -1,0 +1,80 @@
+"""jobs/evaluate.py on the shared local Ray with the tiny preset, from raw videos and from token shards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jobs.evaluate import main
+from vlm3r_core import storage
+from vlm3r_core.inference import AnswerQuestions
+from vlm3r_core.tokens import EncoderInfo, VideoTokens, write_token_shard
+from vlm3r_core.video import read_video, write_video
+
+
+def _benchmark(tmp_path, rows):
+    uri = str(tmp_path / "bench.jsonl")
+    storage.write_jsonl(uri, rows)
+    return uri
+
+
+def _rows(video_uri):
+    common = {"dataset": "synthetic", "scene_name": "syn-0", "video": video_uri, "split": "val"}
+    return [
+        {"id": "q0", "question_type": "object_counting", "question": "How many chair(s) are in this room?",
+         "options": [], "ground_truth": "2", "mc_answer": None, **common},
+        {"id": "q1", "question_type": "object_rel_distance", "question": "Which is closest to the bed?",
+         "options": ["A. chair", "B. lamp"], "ground_truth": "chair", "mc_answer": "A", **common},
+        {"id": "q2", "question_type": "object_counting", "question": "How many lamp(s) are in this room?",
+         "options": [], "ground_truth": "3", "mc_answer": None, "dataset": "synthetic", "scene_name": "gone",
+         "video": "/nonexistent/gone.mp4", "split": "val"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("videos") / "syn-0.mp4")
+    rng = np.random.default_rng(0)
+    write_video(uri, rng.integers(0, 255, (40, 48, 64, 3), dtype=np.uint8), fps=10)
+    return uri
+
+
+def test_evaluates_raw_videos_and_records_failed_videos(ray_local, tmp_path, video):
+    out = str(tmp_path / "eval")
+    assert main(["--model", "tiny", "--benchmark", _benchmark(tmp_path, _rows(video)), "--out", out, "--batch-size", "2"]) == 0
+    predictions = storage.read_jsonl(out + "/predictions.jsonl")
+    assert [p["id"] for p in predictions] == ["q0", "q1", "q2"]
+    assert all(isinstance(p["prediction"], str) for p in predictions[:2])
+    assert predictions[2]["prediction"] is None and predictions[2]["score_official"] == 0.0
+    errors = storage.read_jsonl(out + "/errors.jsonl")
+    assert [e["id"] for e in errors] == ["q2"] and "gone.mp4" in errors[0]["reason"]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["num_questions"] == 3 and "vsibench" in summary["benchmarks"]
+    assert (tmp_path / "eval" / "plots" / "overview_vsibench.png").stat().st_size > 1000
+
+
+def test_token_shards_give_the_same_answers_as_raw_video(tmp_path, video):
+    raw = AnswerQuestions("tiny")
+    decoded = read_video(video, num_samples=raw.model.config.num_frames)
+    feats = raw.model.encode_frames(raw.processor.preprocess_frames([decoded.frames]))
+    tokens = VideoTokens(
+        video_id="synthetic/syn-0",
+        frame_indices=decoded.frame_indices,
+        timestamps=decoded.timestamps,
+        duration_s=decoded.duration_s,
+        camera_tokens=feats.camera_tokens[0].numpy(),
+        patch_tokens=feats.patch_tokens[0].numpy(),
+        vision_features=feats.vision_features[0].numpy(),
+    )
+    shards = str(tmp_path / "tokens")
+    cfg = raw.model.config
+    encoder = EncoderInfo(
+        preset="tiny", checkpoint="", image_size=cfg.cut3r_image_size, num_frames=cfg.num_frames,
+        vision_image_size=cfg.siglip_image_size, dtype="float32",
+    )
+    write_token_shard(shards + "/part-0.parquet", [tokens], encoder)
+    rows = [dict(r, video_id=f"{r['dataset']}/{r['scene_name']}") for r in _rows(video)]
+    from_video = raw.answer(rows)
+    from_tokens = AnswerQuestions("tiny", tokens=shards).answer(rows)
+    assert [p for p, _ in from_tokens[:2]] == [p for p, _ in from_video[:2]]
+    assert from_tokens[2] == (None, f"no token row for synthetic/gone in {shards}")
