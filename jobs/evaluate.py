@@ -18,13 +18,12 @@ import argparse
 import sys
 from dataclasses import asdict, dataclass
 
-from vlm3r_core import storage
-from vlm3r_core.evaluation import read_benchmark, read_summary, score_predictions, write_report
-from vlm3r_core.inference import AnswerQuestions
-
 import ray
 
 from jobs.common import init_ray
+from vlm3r_core import storage
+from vlm3r_core.evaluation import read_benchmark, read_summary, score_predictions, write_report
+from vlm3r_core.inference import AnswerQuestions
 
 
 @dataclass(frozen=True)

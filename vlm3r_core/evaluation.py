@@ -148,7 +148,7 @@ def evaluate(rows: Sequence[BenchmarkRow], predict: Callable[[Sequence[Benchmark
     outputs = predict(rows)
     if len(outputs) != len(rows):
         raise ValueError(f"predict returned {len(outputs)} outputs for {len(rows)} rows")
-    return score_predictions(rows, {row.id: out for row, out in zip(rows, outputs)})
+    return score_predictions(rows, {row.id: out for row, out in zip(rows, outputs, strict=True)})
 
 
 def _png(fig) -> bytes:

@@ -126,7 +126,7 @@ class AnswerQuestions:
                 features=features,
                 max_new_tokens=self.max_new_tokens,
             )
-            predictions = dict(zip((r["id"] for r in ok), self.processor.batch_decode(ids)))
+            predictions = dict(zip((r["id"] for r in ok), self.processor.batch_decode(ids), strict=True))
         return [(predictions.get(r["id"]), errors.get(r["video_id"])) for r in rows]
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list]:

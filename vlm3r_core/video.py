@@ -163,23 +163,24 @@ def read_video(
     )
 
 
-def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23, threads: int = 0) -> None:
+def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23, deterministic: bool = False) -> None:
     """Encodes (N, H, W, 3) uint8 RGB frames as an H.264 mp4 at ``uri`` (atomic write).
 
-    H and W must be even (yuv420p). ``threads``: encoder threads, 0 = libx264's choice; use 1 for
-    byte-identical output (multi-threaded libx264 output varies from run to run).
+    H and W must be even (yuv420p). ``deterministic``: the same frames give the same bytes, by
+    encoding on one thread without macroblock-tree rate control (measured: with either, libx264's
+    output varies from run to run, at small sizes even on one thread).
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{uri}: frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    write_video_stream(uri, iter(frames), fps, crf, threads)
+    write_video_stream(uri, iter(frames), fps, crf, deterministic)
 
 
-def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 23, threads: int = 0) -> int:
+def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: int = 23, deterministic: bool = False) -> int:
     """Encodes (H, W, 3) uint8 RGB frames one at a time as an H.264 mp4 at ``uri`` (atomic write).
 
     Only the encoded bytes are held in memory, so long videos need not fit in RAM as raw frames.
     Every frame must have the same even H and W (yuv420p). Returns the number of frames written.
-    ``threads`` as in :func:`write_video`.
+    ``deterministic`` as in :func:`write_video`.
     """
     buf = io.BytesIO()
     n, stream = 0, None
@@ -194,8 +195,8 @@ def write_video_stream(uri: str, frames: Iterable[np.ndarray], fps: float, crf: 
                 stream = container.add_stream("libx264", rate=int(round(fps)))
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 options = {"crf": str(crf), "preset": "veryfast"}
-                if threads:  # frame and lookahead threads both: either alone leaves the output varying
-                    options["x264-params"] = f"threads={threads}:lookahead-threads={threads}"
+                if deterministic:
+                    options["x264-params"] = "threads=1:lookahead-threads=1:mbtree=0"
                 stream.options = options
             elif (w, h) != (stream.width, stream.height):
                 raise ValueError(f"{uri}: frame {n} is {w}x{h}, the video is {stream.width}x{stream.height}")
