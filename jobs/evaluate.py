@@ -24,6 +24,7 @@ from jobs.common import init_ray
 from vlm3r_core import storage
 from vlm3r_core.evaluation import read_benchmark, read_summary, score_predictions, write_report
 from vlm3r_core.inference import AnswerQuestions
+from vlm3r_core.metrics import summary_markdown
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = read_summary(cfg.baseline) if cfg.baseline else None
     summaries = write_report(cfg.out, records, cfg.title or cfg.model, baseline)
     storage.write_jsonl(storage.join(cfg.out, "errors.jsonl"), errors)
+    print(summary_markdown(summaries, cfg.title or cfg.model, baseline))
     overall = ", ".join(f"{k} {s.overall_official:.1f} (lenient {s.overall_lenient:.1f})" for k, s in summaries.items())
     print(f"evaluated {len(rows)} questions ({len(errors)} failed) -> {cfg.out}: {overall}")
     return 0

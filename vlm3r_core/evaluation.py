@@ -233,10 +233,7 @@ def write_report(
         storage.join(out, "summary.json"),
         {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()}},
     )
-    markdown = summary_markdown(summaries, title)
-    if baseline:
-        markdown += "\n" + summary_markdown(baseline, "baseline")
-    storage.write_text(storage.join(out, "summary.md"), markdown)
+    storage.write_text(storage.join(out, "summary.md"), summary_markdown(summaries, title, baseline))
     by_task: dict[str, list[dict]] = {}
     for r in records:
         by_task.setdefault(r["question_type"], []).append(r)

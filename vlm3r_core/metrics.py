@@ -209,11 +209,25 @@ def summarize(rows: Iterable[ScoredRow]) -> dict[str, BenchmarkSummary]:
     return out
 
 
-def summary_markdown(summaries: dict[str, BenchmarkSummary], title: str = "") -> str:
-    """A markdown table per benchmark: task, count, official, lenient."""
+def summary_markdown(
+    summaries: dict[str, BenchmarkSummary], title: str = "", baseline: dict[str, BenchmarkSummary] | None = None
+) -> str:
+    """A markdown table per benchmark: task, count, official, lenient (and the baseline's scores)."""
     lines = [f"## {title}", ""] if title else []
-    for s in summaries.values():
-        lines += [f"### {s.benchmark}", "", "| task | n | official | lenient |", "|---|---:|---:|---:|"]
-        lines += [f"| {t} | {n} | {o:.1f} | {le:.1f} |" for t, (o, le, n) in s.tasks.items()]
-        lines += [f"| **overall** | | **{s.overall_official:.1f}** | **{s.overall_lenient:.1f}** |", ""]
+    for name, s in summaries.items():
+        base = (baseline or {}).get(name)
+        head, rule = "| task | n | official | lenient |", "|---|---:|---:|---:|"
+        if base:
+            head, rule = head + " baseline official | baseline lenient |", rule + "---:|---:|"
+        lines += [f"### {s.benchmark}", "", head, rule]
+        for t, (o, le, n) in s.tasks.items():
+            row = f"| {t} | {n} | {o:.1f} | {le:.1f} |"
+            if base:
+                bo, bl = base.tasks[t][:2] if t in base.tasks else (float("nan"), float("nan"))
+                row += f" {bo:.1f} | {bl:.1f} |"
+            lines.append(row)
+        overall = f"| **overall** | | **{s.overall_official:.1f}** | **{s.overall_lenient:.1f}** |"
+        if base:
+            overall += f" **{base.overall_official:.1f}** | **{base.overall_lenient:.1f}** |"
+        lines += [overall, ""]
     return "\n".join(lines)

@@ -91,3 +91,11 @@ def test_vstibench_summary_keeps_subtypes_separate():
     assert set(out) == {"vsibench", "vstibench"}
     assert out["vstibench"].overall_official == pytest.approx(100 * (1 + 0 + 0.5) / 3)
     assert out["vsibench"].overall_official == 100.0
+
+
+def test_markdown_puts_the_baseline_beside_each_task():
+    now = summarize([ScoredRow("object_counting", 1.0, 1.0)])
+    before = summarize([ScoredRow("object_counting", 0.25, 0.5)])
+    table = summary_markdown(now, "trained", baseline=before)
+    assert "| task | n | official | lenient | baseline official | baseline lenient |" in table
+    assert "| object_counting | 1 | 100.0 | 100.0 | 25.0 | 50.0 |" in table
