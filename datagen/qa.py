@@ -1,0 +1,353 @@
+"""QA generation for a set of scenes: scene -> rows, seeding, global letter balancing, writing.
+
+Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on the driver):
+
+1. :func:`process_scene`: one scene -> its rows *before* letters are assigned, cached as
+   ``<out>/qa/_per_scene/<config fingerprint>/<dataset>/<scene>.parquet``. Every task draws from its
+   own generator seeded with ``blake2b(seed, dataset, scene, task)``, so a scene's rows depend on
+   nothing but the scene and the configuration. A scene that fails is reported with its reason
+   and leaves no cache file; re-running skips the scenes already cached (resume).
+2. :func:`assign_letters`: all rows sorted by id; multiple-choice answers are put on the letter
+   used least so far for their question type (ties and the order of the other options drawn from a
+   generator seeded by ``(seed, row id)``), so letters are balanced over the whole run and the
+   result is the same for any number of workers.
+3. :func:`write_outputs`: benchmark rows (VSI-Bench fields plus ``mc_answer``, ``frame_indices``,
+   ``video``, ``split``, ``seed``, ``generator_version``) as parquet and JSON lines per split,
+   LLaVA training conversations per split (built by :mod:`vlm3r_core.prompting`), a manifest with
+   counts per question type and split, and the errors file.
+
+Output layout under ``<out>/qa/``::
+
+    benchmark/{split}.parquet, benchmark/{split}.jsonl
+    conversations/{split}.jsonl
+    manifest.json, errors.jsonl
+    _per_scene/<fingerprint>/<dataset>/<scene>.parquet
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from datagen.scene import Scene, read_scene
+from datagen.scene_graph import SceneGraph
+from datagen.tasks import TASKS
+from datagen.tasks.common import fill_choices
+from vlm3r_core import storage
+from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
+from vlm3r_core.video import DEFAULT_NUM_FRAMES
+
+GENERATOR_VERSION = "vlm3r-qa-1"
+LETTERS = "ABCD"
+
+# Rows of one scene before letters are assigned (the per-scene cache).
+SCENE_ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("scene_name", pa.string()),
+        ("question_type", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("answer", pa.string()),
+        ("choices_in_question", pa.bool_()),
+        ("frame_indices", pa.list_(pa.int64())),
+        ("video", pa.string()),
+        ("split", pa.string()),
+        ("seed", pa.int64()),
+        ("generator_version", pa.string()),
+        ("timestamps", pa.list_(pa.float64())),
+        ("duration_s", pa.float64()),
+    ]
+)
+# Benchmark rows (DESIGN.md "QA rows").
+BENCHMARK_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("scene_name", pa.string()),
+        ("question_type", pa.string()),
+        ("question", pa.string()),
+        ("options", pa.list_(pa.string())),
+        ("ground_truth", pa.string()),
+        ("mc_answer", pa.string()),
+        ("frame_indices", pa.list_(pa.int64())),
+        ("video", pa.string()),
+        ("split", pa.string()),
+        ("seed", pa.int64()),
+        ("generator_version", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    """What to generate.
+
+    Attributes:
+        tasks: task names (keys of :data:`datagen.tasks.TASKS`), all by default.
+        seed: run seed; every scene and task derives its own from it.
+        caps: questions per scene and question type, per task name; tasks not named use their
+            ``DEFAULT_CAP`` (or ``default_cap`` when set).
+        default_cap: one cap for every task not in ``caps``.
+        num_frames: K frames sampled per video ("frame k of K").
+        prompt: prompt settings for the training conversations.
+    """
+
+    tasks: tuple[str, ...] = tuple(TASKS)
+    seed: int = 0
+    caps: Mapping[str, int] = field(default_factory=dict)
+    default_cap: int | None = None
+    num_frames: int = DEFAULT_NUM_FRAMES
+    prompt: PromptConfig = PromptConfig()
+
+    def __post_init__(self):
+        unknown = [t for t in (*self.tasks, *self.caps) if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+        if not self.tasks:
+            raise ValueError("no tasks selected")
+        if any(c < 0 for c in self.caps.values()) or (self.default_cap is not None and self.default_cap < 0):
+            raise ValueError(f"caps must be >= 0, got {dict(self.caps)} / {self.default_cap}")
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+
+    def cap(self, task: str) -> int:
+        if task in self.caps:
+            return self.caps[task]
+        return TASKS[task].default_cap if self.default_cap is None else self.default_cap
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes the per-scene rows (names the cache folder)."""
+        key = json.dumps(
+            [
+                GENERATOR_VERSION,
+                sorted(self.tasks),
+                self.seed,
+                {t: self.cap(t) for t in sorted(self.tasks)},
+                self.num_frames,
+            ]
+        )
+        return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from ``blake2b`` of the parts (stable across processes and Python versions)."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+# ---- stage 1: one scene ----------------------------------------------------------------------
+
+
+def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[dict]:
+    """All rows of one scene, before letters are assigned (``SCENE_ROW_SCHEMA``), sorted by id."""
+    graph = SceneGraph(scene, config.num_frames)
+    timestamps, duration = graph.timestamps, graph.duration_s
+    rows = []
+    for task in config.tasks:
+        rng = np.random.default_rng(derive_seed(config.seed, scene.dataset, scene.scene_id, task))
+        numbers: Counter[str] = Counter()
+        for item in TASKS[task].generate(graph, rng, config.cap(task)):
+            n = numbers[item.question_type]
+            numbers[item.question_type] += 1
+            rows.append(
+                {
+                    "id": f"{scene.dataset}/{scene.scene_id}/{item.question_type}/{n:04d}",
+                    "dataset": scene.dataset,
+                    "scene_name": scene.scene_id,
+                    "question_type": item.question_type,
+                    "question": item.question,
+                    "choices": list(item.choices),
+                    "answer": item.answer,
+                    "choices_in_question": item.choices_in_question,
+                    "frame_indices": list(item.frame_indices),
+                    "video": video_uri,
+                    "split": scene.split,
+                    "seed": config.seed,
+                    "generator_version": GENERATOR_VERSION,
+                    "timestamps": timestamps,
+                    "duration_s": duration,
+                }
+            )
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def scene_cache_uri(out: str, config: QAConfig, scene_dir: str) -> str:
+    """``<out>/qa/_per_scene/<fingerprint>/<dataset>/<scene>.parquet`` (names from the scene folder)."""
+    dataset, scene = posixpath.split(scene_dir.rstrip("/"))
+    return storage.join(
+        out, "qa", "_per_scene", config.fingerprint(), posixpath.basename(dataset), f"{scene}.parquet"
+    )
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What happened to one scene: rows written to its cache, or why it failed."""
+
+    scene_dir: str
+    num_rows: int
+    error: str | None = None
+    cached: bool = False
+
+
+def process_scene(scene_dir: str, out: str, config: QAConfig) -> SceneResult:
+    """Generates and caches the rows of one scene; a failure comes back as ``error``, not raised."""
+    cache = scene_cache_uri(out, config, scene_dir)
+    if storage.exists(cache):
+        return SceneResult(scene_dir, storage.read_parquet(cache).num_rows, cached=True)
+    try:
+        scene = read_scene(scene_dir)
+        rows = generate_scene_rows(scene, scene.video_uri(scene_dir), config)
+    except Exception as e:  # noqa: BLE001 - any failure of one scene is recorded and the run goes on
+        return SceneResult(scene_dir, 0, error=f"{type(e).__name__}: {e}")
+    storage.write_parquet(cache, pa.Table.from_pylist(rows, schema=SCENE_ROW_SCHEMA))
+    return SceneResult(scene_dir, len(rows))
+
+
+def find_scene_dirs(uri: str) -> list[str]:
+    """Folders holding a ``scene.json`` anywhere under ``uri`` (a data root, its ``scenes/``, or one dataset)."""
+    return sorted(u[: -len("/scene.json")] for u in storage.list_files(uri, "/scene.json"))
+
+
+# ---- stage 2: letters ------------------------------------------------------------------------
+
+
+def assign_letters(rows: Iterable[dict], seed: int) -> list[dict]:
+    """Benchmark rows (``BENCHMARK_SCHEMA``) from pre-letter rows, sorted by id, letters balanced.
+
+    For each multiple-choice row (in id order) the correct choice goes to the letter, among the
+    row's first ``len(choices)`` letters, used least so far by its question type; ties and the
+    order of the other choices come from a generator seeded by ``(seed, id)``.
+    """
+    counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LETTERS), dtype=np.int64))
+    out = []
+    for row in sorted(rows, key=lambda r: r["id"]):
+        choices, answer = list(row["choices"]), row["answer"]
+        question, options, mc_answer, ground_truth = row["question"], [], None, answer
+        if choices:
+            n = len(choices)
+            used = counts[row["question_type"]][:n]
+            rng = np.random.default_rng(derive_seed(seed, row["id"]))
+            slot = int(rng.choice(np.flatnonzero(used == used.min())))
+            others = [c for c in choices if c != answer]
+            others = [others[i] for i in rng.permutation(len(others))]
+            ordered = others[:slot] + [answer] + others[slot:]
+            counts[row["question_type"]][slot] += 1
+            options = [f"{LETTERS[i]}. {c}" for i, c in enumerate(ordered)]
+            mc_answer = ground_truth = LETTERS[slot]
+            if row["choices_in_question"]:
+                question = fill_choices(question, ordered)
+        out.append(
+            {
+                "id": row["id"],
+                "dataset": row["dataset"],
+                "scene_name": row["scene_name"],
+                "question_type": row["question_type"],
+                "question": question,
+                "options": options,
+                "ground_truth": ground_truth,
+                "mc_answer": mc_answer,
+                "frame_indices": list(row["frame_indices"]),
+                "video": row["video"],
+                "split": row["split"],
+                "seed": row["seed"],
+                "generator_version": row["generator_version"],
+            }
+        )
+    return out
+
+
+def conversation(row: dict, timestamps: Sequence[float], duration_s: float, prompt: PromptConfig) -> dict:
+    """The LLaVA training sample of a benchmark row, via the one prompt builder.
+
+    ``video_id`` (``<dataset>/<scene_name>``) is the key that joins it to the video's token row.
+    """
+    user = build_user_message(
+        row["question"], row["options"], timestamps=timestamps, duration_s=duration_s, config=prompt
+    )
+    return {
+        "id": row["id"],
+        "video": row["video"],
+        "video_id": f"{row['dataset']}/{row['scene_name']}",
+        "conversations": build_conversation(
+            user, answer_text(row["options"], row["ground_truth"], row["mc_answer"])
+        ),
+        "question_type": row["question_type"],
+        "data_source": row["dataset"],
+    }
+
+
+# ---- stage 3: outputs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QASummary:
+    """What a run wrote: scenes seen, scenes failed, and rows per split and question type."""
+
+    num_scenes: int
+    num_failed: int
+    counts: dict[str, dict[str, int]]  # split -> question_type -> rows
+
+    @property
+    def num_rows(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+
+def write_outputs(
+    out: str, config: QAConfig, scene_dirs: Sequence[str], failures: Sequence[SceneResult]
+) -> QASummary:
+    """Merges the cached scenes of this run, assigns letters and writes every output file."""
+    failed = {f.scene_dir for f in failures}
+    tables = [storage.read_parquet(scene_cache_uri(out, config, d)) for d in scene_dirs if d not in failed]
+    scene_rows = pa.concat_tables([SCENE_ROW_SCHEMA.empty_table(), *tables]).to_pylist()
+    timing = {r["id"]: (r["timestamps"], r["duration_s"]) for r in scene_rows}
+    rows = assign_letters(scene_rows, config.seed)
+    qa = storage.join(out, "qa")
+    by_split: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_split[row["split"]].append(row)
+    for stale in storage.list_files(storage.join(qa, "benchmark")) + storage.list_files(
+        storage.join(qa, "conversations")
+    ):
+        if posixpath.basename(stale).split(".")[0] not in by_split:  # a split an earlier run had
+            storage.remove(stale)
+    for split, split_rows in sorted(by_split.items()):
+        storage.write_parquet(
+            storage.join(qa, "benchmark", f"{split}.parquet"),
+            pa.Table.from_pylist(split_rows, schema=BENCHMARK_SCHEMA),
+        )
+        storage.write_jsonl(storage.join(qa, "benchmark", f"{split}.jsonl"), split_rows)
+        storage.write_jsonl(
+            storage.join(qa, "conversations", f"{split}.jsonl"),
+            [conversation(r, *timing[r["id"]], config.prompt) for r in split_rows],
+        )
+    counts = {
+        s: dict(sorted(Counter(r["question_type"] for r in rs).items())) for s, rs in sorted(by_split.items())
+    }
+    storage.write_jsonl(
+        storage.join(qa, "errors.jsonl"), [{"scene": f.scene_dir, "error": f.error} for f in failures]
+    )
+    storage.write_json(
+        storage.join(qa, "manifest.json"),
+        {
+            "generator_version": GENERATOR_VERSION,
+            "seed": config.seed,
+            "tasks": list(config.tasks),
+            "caps": {t: config.cap(t) for t in config.tasks},
+            "num_frames": config.num_frames,
+            "config_fingerprint": config.fingerprint(),
+            "num_scenes": len(scene_dirs),
+            "num_failed": len(failures),
+            "num_rows": len(rows),
+            "counts": counts,
+        },
+    )
+    return QASummary(len(scene_dirs), len(failures), counts)

@@ -1,0 +1,96 @@
+"""route_planning: a route worked out on paper, rejection bands, options, rotation invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datagen.routes import FloorPlan
+from datagen.scene_graph import SceneGraph
+from datagen.tasks import route_planning as rp
+from datagen.tasks.scene_builder import box, look_at, make_scene, transform_scene
+
+# Room 6 x 6. A bookshelf (y [2.0, 2.5]) and a cabinet behind it (y [2.5, 3.5]) run from the left
+# wall to x = 4, so the way from the plant (bottom left) to the desk (top left) goes around their
+# right end. Grown by the 0.2 m agent radius their corners are (4.2, 1.8) and (4.2, 3.7).
+# The plant's free side is its right side (x = 0.6); the desk's its bottom (y = 4.9).
+# The window hangs above 1.7 m, so it does not block.
+OBJECTS = [
+    box(1, "bookshelf", (2, 2.25, 1.0), (4, 0.5, 2.0)),
+    box(2, "cabinet", (2, 3.0, 0.5), (4, 1.0, 1.0)),
+    box(3, "plant", (0.25, 1.0, 0.5), (0.3, 0.6, 1.0)),
+    box(4, "desk", (1.0, 5.5, 0.4), (1.6, 0.8, 0.8)),
+    box(5, "window", (0.05, 1.0, 2.1), (0.1, 1.0, 0.8)),
+]
+
+
+def _scene(objects=OBJECTS):
+    return make_scene(objects, [look_at((5, 5, 1.5), (1, 1, 0.5))], room_size=(6.0, 6.0), visible=[[]])
+
+
+def test_route_on_paper():
+    g = SceneGraph(_scene())
+    plan = FloorPlan(g.scene)
+    path = rp.plan_route(g, plan, "plant", "desk")
+    np.testing.assert_allclose(path, [[0.6, 1.0], [4.2, 1.8], [4.2, 3.7], [1.0, 4.9]], atol=1e-9)
+    route = rp.describe_route(g, plan, "plant", "window", "desk", path)
+    # Facing the window (180 deg), the first leg heads 12.5 deg: a 167.5 deg turn -> Turn Back.
+    # At (4.2, 1.8) the heading goes to 90 deg (+77.5, left) by the bookshelf (0.28 m; cabinet 0.73 m).
+    # At (4.2, 3.7) it goes to 159.4 deg (+69.4, left) by the cabinet.
+    assert route.turns == ("Turn Back", "Turn Left", "Turn Left")
+    assert route.actions == (
+        "1. [please fill in] 2. Go forward until the bookshelf. 3. [please fill in] 4. Go forward until the cabinet. "
+        "5. [please fill in] 6. Go forward until the desk. You have reached the final destination."
+    )
+    # Facing the cabinet's centre (55 deg): the first leg is 42.5 deg to the right -> Turn Right.
+    assert rp.describe_route(g, plan, "plant", "cabinet", "desk", path).turns == (
+        "Turn Right",
+        "Turn Left",
+        "Turn Left",
+    )
+    # Facing the bookshelf's centre (41.8 deg): 29.3 deg off, inside the 20-40 deg rejection band.
+    assert rp.describe_route(g, plan, "plant", "bookshelf", "desk", path) is None
+    # The way back mirrors it: right, right at the same corners.
+    back = rp.describe_route(g, plan, "desk", "window", "plant", rp.plan_route(g, plan, "desk", "plant"))
+    assert back.turns[1:] == ("Turn Right", "Turn Right")
+
+
+@pytest.mark.parametrize(
+    ("angle", "initial", "expected"),
+    [
+        (10, True, ""),
+        (30, True, None),
+        (-90, True, "Turn Right"),
+        (150, True, None),
+        (-170, True, "Turn Back"),
+        (30, False, ""),
+        (60, False, "Turn Left"),
+        (150, False, None),
+    ],
+)
+def test_turn_bands(angle, initial, expected):
+    assert rp.classify_turn(angle, initial=initial) == expected
+
+
+def test_questions_have_four_distinct_options():
+    g = SceneGraph(_scene())
+    items = rp.generate(g, np.random.default_rng(0), cap=20)
+    assert items, "the paper route must be found"
+    for item in items:
+        assert len(item.choices) == 4 and len(set(item.choices)) == 4 and item.answer in item.choices
+        n = item.question.count("[please fill in]") - 1  # the template's note mentions it once
+        assert all(len(c.split(", ")) == n for c in item.choices) and 2 <= n <= 4
+        assert all("Turn Back" not in c.split(", ")[1:] for c in item.choices)
+    plant_to_desk = [
+        i for i in items if "beginning at the plant" in i.question and "navigate to the desk" in i.question
+    ]
+    assert all(i.answer.endswith("Turn Left, Turn Left") for i in plant_to_desk)
+
+
+@pytest.mark.parametrize(("yaw", "shift"), [(33.0, (2.0, -1.0, 0.0)), (-120.0, (-5.0, 7.5, 0.4))])
+def test_routes_survive_rotation_about_z_and_translation(yaw, shift):
+    g = SceneGraph(_scene())
+    moved = SceneGraph(transform_scene(_scene(), yaw, shift))
+    assert rp.generate(moved, np.random.default_rng(1), cap=20) == rp.generate(
+        g, np.random.default_rng(1), cap=20
+    )

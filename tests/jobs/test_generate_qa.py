@@ -1,0 +1,148 @@
+"""jobs/generate_qa.py end to end on local Ray: local folders and moto's S3, failures, resume, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from datagen.qa import find_scene_dirs, process_scene, write_outputs
+from datagen.scene import write_scene
+from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
+from datagen.tasks.scene_builder import random_scene
+from jobs.generate_qa import main, parse_args
+from vlm3r_core import storage
+from vlm3r_core.evaluation import read_benchmark
+from vlm3r_core.train_data import read_training_examples
+
+
+def _write_synthetic_scenes(root: str) -> None:
+    """Three scenes of the synthetic world (tiny video) and one broken scene."""
+    cfg = SyntheticConfig(width=64, height=48, duration_s=4)
+    for i, split in enumerate(["train", "train", "val"]):
+        write_synthetic_scene(root, f"syn-{i}", seed=i, cfg=cfg, split=split)
+    broken = storage.join(root, "scenes", "synthetic", "syn-broken")
+    storage.write_json(storage.join(broken, "scene.json"), {"scene_id": "syn-broken", "dataset": "synthetic"})
+
+
+def _outputs(out: str) -> dict[str, str]:
+    qa = storage.join(out, "qa")
+    names = [
+        "benchmark/train.jsonl",
+        "benchmark/val.jsonl",
+        "conversations/train.jsonl",
+        "conversations/val.jsonl",
+    ]
+    return {n: storage.read_text(storage.join(qa, n)) for n in names}
+
+
+def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_count(
+    ray_local, tmp_path, capsys
+):
+    root = str(tmp_path / "data")
+    _write_synthetic_scenes(root)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    common = ["--scenes", root, "--per-scene-cap", "3", "route_planning=1", "--seed", "5"]
+    assert main([*common, "--out", two, "--concurrency", "2", "--num-cpus-per-scene", "0.25"]) == 0
+    # One worker: the same library calls in this process, one scene after the other.
+    config = parse_args([*common, "--out", one]).qa
+    scene_dirs = find_scene_dirs(root)
+    results = [process_scene(d, one, config) for d in scene_dirs]
+    write_outputs(one, config, scene_dirs, [r for r in results if r.error])
+    assert _outputs(one) == _outputs(two)
+
+    manifest = storage.read_json(f"{one}/qa/manifest.json")
+    assert (
+        manifest["num_scenes"] == 4
+        and manifest["num_failed"] == 1
+        and manifest["caps"]["route_planning"] == 1
+    )
+    assert (
+        set(manifest["counts"]) == {"train", "val"} and manifest["counts"]["val"]["room_size_estimation"] == 1
+    )
+    errors = storage.read_jsonl(f"{one}/qa/errors.jsonl")
+    assert (
+        len(errors) == 1
+        and errors[0]["scene"].endswith("syn-broken")
+        and "SceneValidationError" in errors[0]["error"]
+    )
+    rows = storage.read_jsonl(f"{one}/qa/benchmark/train.jsonl")
+    assert {r["scene_name"] for r in rows} == {"syn-0", "syn-1"} and all(r["seed"] == 5 for r in rows)
+    assert all(r["video"].endswith(f"scenes/synthetic/{r['scene_name']}/video.mp4") for r in rows)
+    table = storage.read_parquet(f"{one}/qa/benchmark/train.parquet")
+    assert table.column_names[:7] == [
+        "id",
+        "dataset",
+        "scene_name",
+        "question_type",
+        "question",
+        "options",
+        "ground_truth",
+    ]
+    assert table.num_rows == len(rows)
+
+    # Training and evaluation read these files as they are.
+    examples = read_training_examples(f"{one}/qa/conversations")
+    assert len(examples) == len(rows) + len(storage.read_jsonl(f"{one}/qa/benchmark/val.jsonl"))
+    assert {e.video_id for e in examples} == {"synthetic/syn-0", "synthetic/syn-1", "synthetic/syn-2"}
+    assert len(read_benchmark(f"{one}/qa/benchmark/train.parquet")) == len(rows)
+
+    # Re-running resumes: the three good scenes come from the cache, the broken one is retried.
+    capsys.readouterr()
+    caches = storage.list_files(f"{one}/qa/_per_scene", ".parquet")
+    stamps = [(tmp_path / c).stat().st_mtime_ns for c in caches]
+    assert main([*common, "--out", one, "--concurrency", "1"]) == 0
+    assert "3 cached, 1 failed" in capsys.readouterr().out
+    assert [(tmp_path / c).stat().st_mtime_ns for c in caches] == stamps
+    assert _outputs(one) == _outputs(two)
+
+
+def test_runs_against_s3(ray_local, moto_s3):
+    root = f"{moto_s3}/data"
+    for i, split in enumerate(["train", "val"]):
+        write_scene(
+            random_scene(
+                np.random.default_rng(i), num_objects=12, num_frames=64, scene_id=f"toy-{i}", split=split
+            ),
+            root,
+        )
+    assert (
+        main(
+            [
+                "--scenes",
+                f"{root}/scenes",
+                "--out",
+                root,
+                "--tasks",
+                "object_counting",
+                "camera_displacement",
+                "--per-scene-cap",
+                "2",
+            ]
+        )
+        == 0
+    )
+    rows = storage.read_jsonl(f"{root}/qa/benchmark/train.jsonl")
+    assert rows and {r["question_type"] for r in rows} <= {"object_counting", "camera_displacement"}
+    assert all(r["video"].startswith(f"{root}/scenes/synthetic/") for r in rows)
+    conv = storage.read_jsonl(f"{root}/qa/conversations/val.jsonl")
+    assert conv and conv[0]["conversations"][0]["value"].startswith("<image>\n")
+    assert storage.read_json(f"{root}/qa/manifest.json")["tasks"] == [
+        "object_counting",
+        "camera_displacement",
+    ]
+
+
+def test_arguments_are_checked():
+    cfg = parse_args(["--scenes", "s", "--out", "o", "--per-scene-cap", "7", "route_planning=2"])
+    assert cfg.qa.cap("route_planning") == 2 and cfg.qa.cap("object_counting") == 7
+    with pytest.raises(ValueError, match="per-scene-cap"):
+        parse_args(["--scenes", "s", "--out", "o", "--per-scene-cap", "many"])
+    with pytest.raises(SystemExit):
+        parse_args(["--scenes", "s", "--out", "o", "--tasks", "nonsense"])
+    assert dataclasses.replace(cfg.qa, seed=1).fingerprint() != cfg.qa.fingerprint()
+
+
+def test_no_scenes_is_an_error(tmp_path):
+    assert main(["--scenes", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
