@@ -1,0 +1,711 @@
+"""VLM-3R: SigLIP + CUT3R tokens, cross-attention fusion, MLP projector, LLaVA-Video token layout, Qwen2.
+
+Full definition of the model in this file. Legend: ``B`` videos, ``T`` frames (padded; ``frame_mask``
+marks real ones), ``P`` SigLIP tokens per frame (729 = 27x27), ``g`` SigLIP grid side (27), ``h``
+pooled side ceil(g / 2) (14), ``N`` CUT3R patch tokens per frame (729), ``Cv`` SigLIP width (1152),
+``Cs`` CUT3R width (768), ``D`` LLM width (3584), ``L`` sequence length, ``V`` vocabulary.
+
+Per frame (``embed_video``):
+
+    H_v  = SigLIP penultimate layer                                  (P, Cv)
+    Z_3D = [camera token ; CUT3R patch tokens]                       (1 + N, Cs)
+    H'_v = SpatialFusion(H_v, Z_3D) = H_v + CrossAttn(H_v -> Z_3D)   (P, Cv)
+    E    = projector(H'_v): Linear, GELU, Linear                     (P, D)
+    E    = bilinear pool of the g x g grid to h x h                  (h, h, D)
+    E    = a learned newline token after each of the h rows          (h * (h + 1), D) = 210 tokens
+
+exactly as LLaVA-Video lays out video tokens (pooling after the projector, on LLM-width features;
+this differs from transformers' LlavaOnevision video path). A video's T_b frames become
+T_b * 210 tokens that replace the single ``<image>`` placeholder of its prompt (``_merge``).
+
+The encoders and the LLM base are frozen; the fusion block, the projector and the newline token
+train fully, the LLM through LoRA (``apply_lora``). Inputs are either pixels (``FramePixels``, the
+model runs both encoders) or precomputed ``VideoFeatures`` (token shards); both give the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+
+from vlm3r_core import prompting, storage
+from vlm3r_core.fusion import SpatialFusion
+from vlm3r_core.geometry import Cut3r
+from vlm3r_core.vlm.config import Vlm3rConfig
+from vlm3r_core.vlm.processor import IGNORE_INDEX, FramePixels
+from vlm3r_core.vlm.tokenizer import load_tokenizer
+
+__all__ = ["VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+ADAPTER_DIR = "adapter"
+TOKENIZER_DIR = "tokenizer"
+BASE_COMPONENTS = ("vision_tower", "cut3r", "language_model")
+TRAINABLE_PREFIXES = ("fusion.", "projector.", "image_newline")
+
+
+@dataclass
+class VideoFeatures:
+    """Frozen-encoder outputs for a batch of videos: what the token shards store.
+
+    Attributes:
+        vision_features: (B, T, P, Cv) SigLIP penultimate-layer tokens.
+        camera_tokens: (B, T, 1, Cs) CUT3R camera token z'_t.
+        patch_tokens: (B, T, N, Cs) CUT3R patch tokens F'_t.
+        frame_mask: (B, T) bool, True for real frames; padding frames hold zeros.
+    """
+
+    vision_features: torch.Tensor
+    camera_tokens: torch.Tensor
+    patch_tokens: torch.Tensor
+    frame_mask: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> VideoFeatures:
+        return VideoFeatures(
+            self.vision_features.to(device, dtype),
+            self.camera_tokens.to(device, dtype),
+            self.patch_tokens.to(device, dtype),
+            self.frame_mask.to(device),
+        )
+
+    @classmethod
+    def from_videos(
+        cls,
+        vision_features: Sequence[np.ndarray | torch.Tensor],
+        camera_tokens: Sequence[np.ndarray | torch.Tensor],
+        patch_tokens: Sequence[np.ndarray | torch.Tensor],
+        dtype: torch.dtype = torch.float32,
+    ) -> VideoFeatures:
+        """Pads per-video arrays ((T_b, P, Cv), (T_b, 1, Cs), (T_b, N, Cs)) into one batch."""
+        if not (len(vision_features) == len(camera_tokens) == len(patch_tokens)) or not vision_features:
+            raise ValueError("from_videos needs the same number (>= 1) of vision, camera and patch arrays")
+        parts = [
+            [torch.as_tensor(np.asarray(x)).to(dtype) for x in arrays]
+            for arrays in (vision_features, camera_tokens, patch_tokens)
+        ]
+        lengths = [v.shape[0] for v in parts[0]]
+        for b, (v, c, p) in enumerate(zip(*parts, strict=True)):
+            if not (v.shape[0] == c.shape[0] == p.shape[0]) or c.shape[1] != 1:
+                raise ValueError(
+                    f"video {b}: frame counts differ or camera tokens are not (T, 1, C): "
+                    f"vision {tuple(v.shape)}, camera {tuple(c.shape)}, patch {tuple(p.shape)}"
+                )
+        t_max = max(lengths)
+
+        def pad(arrays: list[torch.Tensor]) -> torch.Tensor:
+            out = arrays[0].new_zeros((len(arrays), t_max, *arrays[0].shape[1:]))  # (B, T, ...)
+            for b, x in enumerate(arrays):
+                out[b, : x.shape[0]] = x
+            return out
+
+        mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
+        return cls(pad(parts[0]), pad(parts[1]), pad(parts[2]), mask)
+
+
+@dataclass
+class Vlm3rOutput:
+    """Output of ``Vlm3rForConditionalGeneration.forward``.
+
+    Attributes:
+        loss: mean cross-entropy over the supervised (answer) tokens, when labels were given.
+        logits: (B, L, V) next-token logits over the merged sequence when no labels were given;
+            None with labels (only the supervised positions go through the LM head, which saves
+            the (B, ~7k, 152k) logits tensor in training).
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+
+
+class Vlm3rProjector(nn.Module):
+    """LLaVA's ``mlp2x_gelu``: Linear(Cv, D), GELU, Linear(D, D)."""
+
+    def __init__(self, vision_dim: int, text_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_dim, text_dim)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(text_dim, text_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class Vlm3rForConditionalGeneration(nn.Module):
+    """The VLM-3R model. Build it with ``from_config`` or ``from_pretrained``.
+
+    Submodules (their names are checkpoint keys): ``vision_tower`` (SigLIP, all but the last block),
+    ``cut3r``, ``fusion``, ``projector``, ``image_newline`` (D,), ``language_model`` (Qwen2, a
+    ``PeftModel`` after ``apply_lora``).
+    """
+
+    def __init__(self, config: Vlm3rConfig):
+        super().__init__()
+        self.config = config
+        vision = dict(
+            config.vision, num_hidden_layers=config.vision["num_hidden_layers"] - 1, vision_use_head=False
+        )
+        self.vision_tower = SiglipVisionModel(SiglipVisionConfig(**vision))
+        self.vision_tower.post_layernorm = nn.Identity()  # features are taken before it (penultimate layer)
+        self.cut3r = Cut3r.from_config(config.cut3r)
+        self.fusion = SpatialFusion(
+            config.vision_dim,
+            config.spatial_dim,
+            config.fusion_num_heads,
+            config.fusion_variant,
+            config.fusion_dropout,
+        )
+        self.projector = Vlm3rProjector(config.vision_dim, config.text_dim)
+        self.image_newline = nn.Parameter(torch.randn(config.text_dim) / math.sqrt(config.text_dim))
+        self.language_model = Qwen2ForCausalLM(Qwen2Config(**config.text))
+        self.lora_merged = False
+
+    # Construction ----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, config: Vlm3rConfig, *, device: str | torch.device | None = None, load_base_weights: bool = True
+    ) -> Vlm3rForConditionalGeneration:
+        """Builds the model with seeded random weights in ``config.dtype``, encoders and LLM frozen.
+
+        The random init always runs on the CPU (so a model without base weights, like ``tiny``,
+        is the same on every machine and device); the model then moves to ``device``.
+
+        Args:
+            device: where the model ends up ("meta" builds shapes only, e.g. to count parameters).
+            load_base_weights: load SigLIP / Qwen2 / CUT3R from ``config.vision_weights``,
+                ``llm_weights``, ``cut3r_weights`` where set (skipped on "meta").
+        """
+        meta = device is not None and torch.device(device).type == "meta"
+        with (
+            torch.random.fork_rng(devices=[]),
+            _default_dtype(config.torch_dtype),
+            torch.device("meta" if meta else "cpu"),
+        ):
+            torch.manual_seed(config.seed)
+            model = cls(config)
+        model.vision_tower.requires_grad_(False)
+        model.cut3r.requires_grad_(False)
+        model.language_model.requires_grad_(False)
+        model.train(False)
+        if load_base_weights and not meta:
+            model.load_base_weights()
+        return model.to(device) if device is not None and not meta else model
+
+    def load_base_weights(self, components: Sequence[str] = BASE_COMPONENTS) -> None:
+        """Loads the referenced base weights of ``components`` (those whose reference is set).
+
+        SigLIP and Qwen2 come from Hugging Face safetensors checkpoints (a folder, URI or hub id):
+        a SigLIP checkpoint, a plain Qwen2 checkpoint, or a LLaVA-Video checkpoint in either
+        the transformers (``llava-hf``) or the original LLaVA layout, which also provides the
+        projector init and the newline token. CUT3R loads with ``Cut3r.from_pretrained``.
+        """
+        refs = {"vision_tower": self.config.vision_weights, "language_model": self.config.llm_weights}
+        wanted = {c for c in components if c in refs and refs[c] is not None}
+        for ref in sorted({refs[c] for c in wanted}):
+            parts = {c for c in wanted if refs[c] == ref}
+            if "language_model" in parts:
+                parts |= {"projector", "image_newline"}  # optional: LLaVA checkpoints hold them
+            loaded = self._load_hf_checkpoint(ref, parts)
+            for c in wanted & parts:
+                if c not in loaded:
+                    raise ValueError(f"{ref}: holds no {c} weights")
+        if "cut3r" in components and self.config.cut3r_weights is not None:
+            source = Cut3r.from_pretrained(self.config.cut3r_weights)
+            self.cut3r.load_state_dict(source.state_dict())
+
+    def _load_hf_checkpoint(self, ref: str, parts: set[str]) -> set[str]:
+        """Copies the tensors of ``parts`` found in a safetensors checkpoint; returns the parts found."""
+        targets = {c: self._component_state(c) for c in parts}
+        seen: dict[str, set[str]] = {c: set() for c in parts}
+        for shard in _checkpoint_shards(ref):
+            for name, tensor in shard.items():
+                mapped = _map_base_key(name, self.config.vision["num_hidden_layers"] - 1)
+                if mapped is None or mapped[0] not in parts or mapped[1] not in targets[mapped[0]]:
+                    continue
+                component, key = mapped
+                target = targets[component][key]
+                if tuple(target.shape) != tuple(tensor.shape):
+                    raise ValueError(
+                        f"{ref}: {component}.{key} has shape {tuple(tensor.shape)}, the config expects "
+                        f"{tuple(target.shape)} (check the preset's vision/text sizes, e.g. vocab_size)"
+                    )
+                with torch.no_grad():
+                    target.copy_(tensor)
+                seen[component].add(key)
+        found = {c for c in parts if seen[c]}
+        for c in found:
+            missing = set(targets[c]) - seen[c]
+            if missing:
+                raise ValueError(f"{ref}: {c} is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+        return found
+
+    def _component_state(self, component: str) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of a component under checkpoint names (LoRA wrappers removed)."""
+        if component == "image_newline":
+            return {"": self.image_newline.data}
+        module = getattr(self, component)
+        if component == "language_model" and isinstance(module, PeftModel):
+            module = module.get_base_model()
+        state = {}
+        for key, tensor in module.state_dict(keep_vars=True).items():
+            if "lora_" in key:
+                continue
+            state[key.replace(".base_layer.", ".")] = tensor.data
+        return state
+
+    # Encoders --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_frames(self, pixels: FramePixels) -> VideoFeatures:
+        """Runs the frozen encoders: SigLIP on every real frame, CUT3R over each video.
+
+        Args:
+            pixels: ``FramePixels`` (siglip (B, T, 3, S, S), cut3r (B, T, 3, G, G), frame_mask (B, T)).
+
+        Returns:
+            ``VideoFeatures`` with zeros at padding frames.
+        """
+        mask = pixels.frame_mask.to(self.device, torch.bool)
+        dtype = self.config.torch_dtype
+        siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
+        hidden = self.vision_tower.embeddings(siglip_in)  # (n, P, Cv)
+        hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
+        b, t = mask.shape
+        vision = hidden.new_zeros((b, t, *hidden.shape[1:]))  # (B, T, P, Cv)
+        vision[mask] = hidden
+        geometry = self.cut3r.encode_video(pixels.cut3r.to(self.device, dtype), mask)
+        keep = mask[:, :, None, None]
+        return VideoFeatures(
+            vision_features=vision,
+            camera_tokens=geometry.camera_tokens * keep,  # (B, T, 1, Cs)
+            patch_tokens=geometry.patch_tokens * keep,  # (B, T, N, Cs)
+            frame_mask=mask,
+        )
+
+    def embed_video(self, features: VideoFeatures) -> list[torch.Tensor]:
+        """Fusion, projector, pooling and newlines: the LLM tokens of each video.
+
+        Returns:
+            B tensors (T_b * h * (h + 1), D), frame-major, rows of h tokens each followed by the
+            newline token.
+        """
+        cfg = self.config
+        mask = features.frame_mask.to(self.device, torch.bool)
+        dtype = cfg.torch_dtype
+        vision = features.vision_features.to(self.device, dtype)[mask]  # (n, P, Cv)
+        spatial = torch.cat([features.camera_tokens, features.patch_tokens], dim=2).to(self.device, dtype)[
+            mask
+        ]  # (n, 1+N, Cs)
+        g, h = cfg.vision_grid, cfg.pooled_grid
+        if vision.shape[1] != g * g:
+            raise ValueError(
+                f"vision features have {vision.shape[1]} tokens per frame, the config expects {g}x{g}"
+            )
+        x = self.projector(self.fusion(vision, spatial))  # (n, P, D)
+        n, _, d = x.shape
+        x = x.view(n, g, g, d).permute(0, 3, 1, 2)  # (n, D, g, g)
+        x = F.interpolate(x, size=(h, h), mode="bilinear", align_corners=False)  # (n, D, h, h)
+        x = x.permute(0, 2, 3, 1)  # (n, h, h, D)
+        newline = self.image_newline.to(x.dtype).expand(n, h, 1, d)  # (n, h, 1, D)
+        x = torch.cat([x, newline], dim=2).reshape(n, h * (h + 1), d)  # (n, h*(h+1), D)
+        counts = mask.sum(dim=1).tolist()
+        return [v.reshape(-1, d) for v in torch.split(x, counts)]  # B x (T_b*h*(h+1), D)
+
+    # Language model --------------------------------------------------------------------------------
+
+    def _merge(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        videos: list[torch.Tensor],
+        padding_side: str,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Replaces each prompt's ``<image>`` token by its video tokens and re-pads.
+
+        Args:
+            input_ids, attention_mask, labels: (B, L) padded on either side.
+            videos: B tensors (K_b, D) from ``embed_video``.
+            padding_side: "right" (training) or "left" (generation).
+
+        Returns:
+            ``(inputs_embeds (B, L', D), attention_mask (B, L'), labels (B, L') or None)``.
+        """
+        if len(videos) != input_ids.shape[0]:
+            raise ValueError(f"got {len(videos)} videos for {input_ids.shape[0]} prompts")
+        embed = self._lm().get_input_embeddings()
+        placeholder = self.config.image_token_id
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        labels = None if labels is None else labels.to(self.device)
+        rows, row_labels = [], []
+        for b in range(input_ids.shape[0]):
+            keep = attention_mask[b].bool()
+            ids = input_ids[b][keep]
+            where = (ids == placeholder).nonzero().flatten()
+            if where.numel() != 1:
+                raise ValueError(
+                    f"sample {b}: expected exactly one {prompting.VIDEO_PLACEHOLDER!r} token "
+                    f"(id {placeholder}) in the prompt, found {where.numel()}"
+                )
+            p = int(where[0])
+            video = videos[b].to(embed.weight.dtype)
+            rows.append(torch.cat([embed(ids[:p]), video, embed(ids[p + 1 :])]))
+            if labels is not None:
+                lab = labels[b][keep]
+                fill = lab.new_full((video.shape[0],), IGNORE_INDEX)
+                row_labels.append(torch.cat([lab[:p], fill, lab[p + 1 :]]))
+        length = max(r.shape[0] for r in rows)
+        limit = self.config.text.get("max_position_embeddings", length)
+        if length > limit:
+            b = max(range(len(rows)), key=lambda i: rows[i].shape[0])
+            raise ValueError(
+                f"sample {b}: {length} tokens ({videos[b].shape[0]} video tokens) exceed the LLM's "
+                f"max_position_embeddings {limit}; sample fewer frames"
+            )
+        batch, d = len(rows), rows[0].shape[1]
+        embeds = rows[0].new_zeros((batch, length, d))  # (B, L', D)
+        mask = torch.zeros((batch, length), dtype=torch.long, device=embeds.device)
+        out_labels = (
+            None
+            if labels is None
+            else torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=embeds.device)
+        )
+        for b, row in enumerate(rows):
+            span = slice(0, row.shape[0]) if padding_side == "right" else slice(length - row.shape[0], length)
+            embeds[b, span] = row
+            mask[b, span] = 1
+            if out_labels is not None:
+                out_labels[b, span] = row_labels[b]
+        return embeds, mask, out_labels
+
+    def _videos(self, features: VideoFeatures | None, pixels: FramePixels | None) -> list[torch.Tensor]:
+        if (features is None) == (pixels is None):
+            raise ValueError("pass exactly one of features= (precomputed) or pixels= (raw frames)")
+        return self.embed_video(self.encode_frames(pixels) if features is None else features)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        features: VideoFeatures | None = None,
+        pixels: FramePixels | None = None,
+    ) -> Vlm3rOutput:
+        """Runs the model on prompts with one video each.
+
+        Args:
+            input_ids: (B, L) from ``Vlm3rProcessor.build_batch`` (one ``<image>`` per row).
+            attention_mask: (B, L).
+            labels: (B, L) answer tokens, ``IGNORE_INDEX`` elsewhere; None for logits only.
+            features: precomputed ``VideoFeatures`` (B videos), or
+            pixels: ``FramePixels`` (B videos); exactly one of the two.
+
+        Returns:
+            ``Vlm3rOutput`` (loss with labels, else logits (B, L', V) over the merged sequence).
+        """
+        videos = self._videos(features, pixels)
+        embeds, mask, merged_labels = self._merge(input_ids, attention_mask, labels, videos, "right")
+        lm = self._lm()
+        hidden = lm.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, L', D)
+        if merged_labels is None:
+            return Vlm3rOutput(loss=None, logits=lm.lm_head(hidden))
+        targets = merged_labels[:, 1:]  # (B, L'-1), token t+1 is predicted at t
+        supervised = targets != IGNORE_INDEX
+        if not supervised.any():
+            raise ValueError("labels supervise no token (every label is IGNORE_INDEX)")
+        logits = lm.lm_head(hidden[:, :-1][supervised])  # (n_sup, V)
+        loss = F.cross_entropy(logits.float(), targets[supervised])
+        return Vlm3rOutput(loss=loss, logits=None)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: VideoFeatures | None = None,
+        pixels: FramePixels | None = None,
+        max_new_tokens: int = 16,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        streamer=None,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding for a batch of videos of different lengths.
+
+        Prompts are re-padded on the left after the video tokens are inserted. Decoding stops at
+        ``<|im_end|>``. ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
+        tokens of every step, after one first call with the (empty) prompt ids (serving streams).
+
+        Returns:
+            (B, L_new) int64 new token ids (``pad_token_id`` after a row's end token).
+        """
+        videos = self._videos(features, pixels)
+        embeds, mask, _ = self._merge(input_ids, attention_mask, None, videos, "left")
+        sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+        return self.language_model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=self.config.text["eos_token_id"],
+            pad_token_id=self.config.text["pad_token_id"],
+            streamer=streamer,
+            **sampling,
+        )
+
+    def _lm(self) -> Qwen2ForCausalLM:
+        """The Qwen2 model (inside the LoRA wrapper when applied; LoRA layers stay active)."""
+        lm = self.language_model
+        return lm.get_base_model() if isinstance(lm, PeftModel) else lm
+
+    # Training surface ------------------------------------------------------------------------------
+
+    def apply_lora(
+        self, r: int | None = None, alpha: int | None = None, dropout: float | None = None
+    ) -> None:
+        """Wraps every linear layer of the LLM (not the LM head) with LoRA (peft).
+
+        Defaults come from the config (r 128, alpha 256, dropout 0.05 for ``vlm3r-7b``); values
+        given here are written back into ``self.config``.
+        """
+        if isinstance(self.language_model, PeftModel):
+            raise ValueError("LoRA is already applied")
+        self.config = self.config.replace(
+            lora_r=self.config.lora_r if r is None else r,
+            lora_alpha=self.config.lora_alpha if alpha is None else alpha,
+            lora_dropout=self.config.lora_dropout if dropout is None else dropout,
+        )
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, m in self.language_model.named_modules()
+                if isinstance(m, nn.Linear)
+            }
+            - {"lm_head"}
+        )
+        lora = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        with torch.device(self.device):  # LoRA weights are created where the model lives (also "meta")
+            self.language_model = get_peft_model(self.language_model, lora)
+        self.language_model.train(self.training)  # new LoRA dropout layers follow the model's mode
+
+    def merge_and_unload(self) -> None:
+        """Folds LoRA into the LLM weights (serving); saving afterwards stores the merged LLM."""
+        if not isinstance(self.language_model, PeftModel):
+            raise ValueError("no LoRA to merge")
+        self.language_model = self.language_model.merge_and_unload()
+        self.lora_merged = True
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that train: fusion, projector, newline and LoRA (after ``apply_lora``)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing of the LLM blocks (the 6,720 video tokens dominate memory)."""
+        self._lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_newline.device
+
+    # Save / load -----------------------------------------------------------------------------------
+
+    def save_pretrained(self, uri: str, processor=None) -> None:
+        """Writes the model under a folder URI (local path, ``file://`` or ``s3://``).
+
+        Layout: ``config.json`` (the ``Vlm3rConfig`` with prompt settings and frame count, plus
+        which parts are stored), ``model.safetensors`` (fusion, projector, newline, and the base
+        components without a weight reference: all of them for ``tiny``, the LLM after
+        ``merge_and_unload``), ``adapter/`` (peft LoRA adapter) and ``tokenizer/``.
+        """
+        refs = {
+            "vision_tower": self.config.vision_weights,
+            "language_model": self.config.llm_weights,
+            "cut3r": self.config.cut3r_weights,
+        }
+        stored = [
+            c for c in BASE_COMPONENTS if refs[c] is None or (c == "language_model" and self.lora_merged)
+        ]
+        tensors = {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
+        for component in stored:
+            tensors.update({f"{component}.{k}": v for k, v in self._component_state(component).items()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        storage.write_bytes(storage.join(uri, WEIGHTS_FILE), safetensors.torch.save(tensors))
+        has_adapter = isinstance(self.language_model, PeftModel)
+        if has_adapter:
+            upload_folder(self.language_model.save_pretrained, storage.join(uri, ADAPTER_DIR))
+        tokenizer = processor.tokenizer if processor is not None else load_tokenizer(self.config.tokenizer)
+        upload_folder(tokenizer.save_pretrained, storage.join(uri, TOKENIZER_DIR))
+        storage.write_json(
+            storage.join(uri, CONFIG_FILE),
+            {
+                "format": "vlm3r",
+                "config": self.config.to_dict(),
+                "stored_components": stored,
+                "lora": has_adapter,
+            },
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, uri: str, device: str | torch.device | None = None
+    ) -> Vlm3rForConditionalGeneration:
+        """Loads a model written by ``save_pretrained`` (or by ``vlm3r_core.vlm.convert``)."""
+        meta = _read_meta(uri)
+        config = Vlm3rConfig.from_dict(meta["config"])
+        stored = set(meta["stored_components"])
+        model = cls.from_config(config, load_base_weights=False)
+        model.load_base_weights([c for c in BASE_COMPONENTS if c not in stored])
+        tensors = safetensors.torch.load(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
+        for component in ("fusion", "projector", *stored):
+            target = (
+                model._component_state(component)
+                if component in BASE_COMPONENTS
+                else getattr(model, component).state_dict()
+            )
+            given = {k[len(component) + 1 :]: v for k, v in tensors.items() if k.startswith(component + ".")}
+            missing, unexpected = set(target) - set(given), set(given) - set(target)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{uri}: {component} weights do not match the config "
+                    f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+                )
+            with torch.no_grad():
+                for k, v in given.items():
+                    target[k].copy_(v)
+        if "image_newline" in tensors:
+            with torch.no_grad():
+                model.image_newline.copy_(tensors["image_newline"])
+        if meta["lora"]:
+            model.apply_lora()
+            adapter = safetensors.torch.load(
+                storage.read_bytes(storage.join(uri, ADAPTER_DIR, "adapter_model.safetensors"))
+            )
+            result = set_peft_model_state_dict(model.language_model, adapter)
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"{uri}: adapter has keys the model lacks, e.g. {result.unexpected_keys[:3]}"
+                )
+        return model.to(device) if device is not None else model
+
+
+def upload_folder(save: Callable[[str], None], uri: str) -> None:
+    """Runs a ``save_pretrained``-style writer into a temporary folder and copies its files to ``uri``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(storage.join(uri, path.name), path.read_bytes())
+
+
+def _read_meta(uri: str) -> dict:
+    meta = storage.read_json(storage.join(uri, CONFIG_FILE))
+    if meta.get("format") != "vlm3r":
+        raise ValueError(f"{uri}: {CONFIG_FILE} is not a VLM-3R model folder (no format='vlm3r')")
+    return meta
+
+
+def read_saved_config(uri: str) -> Vlm3rConfig:
+    """The ``Vlm3rConfig`` stored in a saved model folder."""
+    return Vlm3rConfig.from_dict(_read_meta(uri)["config"])
+
+
+def saved_tokenizer(uri: str, config: Vlm3rConfig):
+    """The tokenizer saved with a model (``<uri>/tokenizer/``), else the one the config names."""
+    files = storage.list_files(storage.join(uri, TOKENIZER_DIR))
+    if not files:
+        return load_tokenizer(config.tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            Path(tmp, f.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(f))
+        return load_tokenizer(tmp)
+
+
+# Base checkpoints ----------------------------------------------------------------------------------
+
+# (pattern, component, replacement) for the key layouts of SigLIP, Qwen2 and LLaVA-Video checkpoints:
+# google/siglip-* (`vision_model.*`), transformers LlavaOnevision (old `vision_tower.vision_model.*`,
+# `language_model.model.*`, `multi_modal_projector.*`; new `model.vision_tower.*`,
+# `model.language_model.*`, `lm_head.*`), original LLaVA (`model.vision_tower.vision_tower.*`,
+# `model.mm_projector.{0,2}.*`), plain Qwen2 (`model.*`, `lm_head.*`).
+_BASE_KEY_RULES = [
+    (r"^(?:model\.)?vision_tower\.(?:vision_tower\.)?(?:vision_model\.)?(.*)$", "vision_tower", r"\1"),
+    (r"^vision_model\.(.*)$", "vision_tower", r"\1"),
+    (r"^(?:model\.)?multi_modal_projector\.(.*)$", "projector", r"\1"),
+    (r"^model\.mm_projector\.0\.(.*)$", "projector", r"linear_1.\1"),
+    (r"^model\.mm_projector\.2\.(.*)$", "projector", r"linear_2.\1"),
+    (r"^(?:model\.)?image_newline$", "image_newline", ""),
+    (r"^(?:model\.)?language_model\.model\.(.*)$", "language_model", r"model.\1"),
+    (r"^(?:model\.)?language_model\.lm_head\.(.*)$", "language_model", r"lm_head.\1"),
+    (r"^model\.language_model\.(.*)$", "language_model", r"model.\1"),
+    (r"^lm_head\.(.*)$", "language_model", r"lm_head.\1"),
+    (r"^model\.((?:embed_tokens|layers|norm|rotary_emb)\..*)$", "language_model", r"model.\1"),
+]
+
+
+def _map_base_key(key: str, vision_layers: int) -> tuple[str, str] | None:
+    """Maps a base checkpoint key to ``(component, key)``; None for tensors we do not use."""
+    for pattern, component, replacement in _BASE_KEY_RULES:
+        m = re.match(pattern, key)
+        if m:
+            mapped = m.expand(replacement)
+            if component == "vision_tower":
+                layer = re.match(r"encoder\.layers\.(\d+)\.", mapped)
+                if mapped.startswith("head.") or (layer and int(layer.group(1)) >= vision_layers):
+                    return None  # pooling head and the last block: unused (penultimate features)
+            return component, mapped
+    return None
+
+
+def _checkpoint_shards(ref: str) -> Iterator[dict[str, torch.Tensor]]:
+    """Yields the safetensors shards of a checkpoint: a file or folder (local or URI) or a hub id."""
+    if storage.exists(ref):
+        files = [ref] if ref.endswith(".safetensors") else storage.list_files(ref, ".safetensors")
+        if not files:
+            raise ValueError(f"{ref}: no .safetensors files")
+        for f in files:
+            if storage.is_remote(f):
+                yield safetensors.torch.load(storage.read_bytes(f))
+            else:
+                yield safetensors.torch.load_file(storage.filesystem(f)[1])
+        return
+    if os.path.isabs(ref) or ref.startswith((".", "~")) or "://" in ref:
+        raise FileNotFoundError(f"base weights {ref!r} not found")
+    from huggingface_hub import snapshot_download
+
+    folder = snapshot_download(ref, allow_patterns=["*.safetensors", "*.json"])
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"hub checkpoint {ref!r} has no .safetensors files")
+    for f in files:
+        yield safetensors.torch.load_file(str(f))

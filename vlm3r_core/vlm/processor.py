@@ -1,0 +1,187 @@
+"""The processor of the VLM: frames -> encoder pixels, prompts -> padded token batches, ids -> text.
+
+Legend: ``B`` videos, ``T`` frames (padded to the longest video; ``frame_mask`` marks real
+frames), ``S`` SigLIP input side (384), ``G`` CUT3R input side (432), ``L`` tokens.
+
+Frames are squash-resized to squares (aspect ratio not kept, as SigLIP's image processor does in
+LLaVA-Video) with ``torch.nn.functional.interpolate`` (bicubic, antialiased) and normalised with
+mean = std = 0.5 into [-1, 1]. Both encoders see the original frame resized to their own size (the
+reference up-sampled SigLIP's 384 px tensor to 432 px for CUT3R instead).
+
+Prompts come from the one prompt builder (``vlm3r_core.prompting``): ``build_batch`` renders each
+user message with ``render_chatml`` and supervises only the completion (answer + ``<|im_end|>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlm3r_core import prompting, storage
+from vlm3r_core.vlm.config import Vlm3rConfig
+from vlm3r_core.vlm.tokenizer import load_tokenizer
+
+__all__ = ["FramePixels", "TextBatch", "Vlm3rProcessor", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class FramePixels:
+    """Encoder inputs of a batch of videos.
+
+    Attributes:
+        siglip: (B, T, 3, S, S) float in [-1, 1].
+        cut3r: (B, T, 3, G, G) float in [-1, 1].
+        frame_mask: (B, T) bool, True for real frames (padding frames are zeros).
+    """
+
+    siglip: torch.Tensor
+    cut3r: torch.Tensor
+    frame_mask: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> FramePixels:
+        return FramePixels(
+            self.siglip.to(device, dtype), self.cut3r.to(device, dtype), self.frame_mask.to(device)
+        )
+
+
+@dataclass
+class TextBatch:
+    """Tokenised prompts, right-padded; each row holds the video placeholder exactly once.
+
+    Attributes:
+        input_ids: (B, L) int64.
+        attention_mask: (B, L) int64, 1 for real tokens.
+        labels: (B, L) int64, the completion tokens and ``IGNORE_INDEX`` elsewhere; None when
+            no answers were given (generation).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, size, size) float in [-1, 1] (bicubic, antialiased)."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H, W)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0.0, 1.0)  # bicubic overshoots at edges
+    return (x - 0.5) / 0.5
+
+
+class Vlm3rProcessor:
+    """Tokenizer plus frame preprocessing for one model configuration.
+
+    Args:
+        config: the model configuration (image sizes, frame count, prompt settings).
+        tokenizer: a Hugging Face tokenizer with ``<image>`` and ``<|im_end|>`` as single tokens.
+    """
+
+    def __init__(self, config: Vlm3rConfig, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.placeholder_id = tokenizer.convert_tokens_to_ids(prompting.VIDEO_PLACEHOLDER)
+        self.eos_token_id = tokenizer.convert_tokens_to_ids(prompting.IM_END)
+        self.pad_token_id = tokenizer.pad_token_id
+        expected = (config.image_token_id, config.text["eos_token_id"], config.text["pad_token_id"])
+        if (self.placeholder_id, self.eos_token_id, self.pad_token_id) != expected:
+            raise ValueError(
+                f"tokenizer ids (<image>, <|im_end|>, pad) = {(self.placeholder_id, self.eos_token_id, self.pad_token_id)} "
+                f"do not match the config {expected}"
+            )
+
+    @classmethod
+    def from_config(cls, config: Vlm3rConfig) -> Vlm3rProcessor:
+        return cls(config, load_tokenizer(config.tokenizer))
+
+    @classmethod
+    def from_pretrained(cls, uri: str) -> Vlm3rProcessor:
+        """Loads the processor of a model saved with ``Vlm3rForConditionalGeneration.save_pretrained``."""
+        from vlm3r_core.vlm.model import read_saved_config, saved_tokenizer
+
+        config = read_saved_config(uri)
+        return cls(config, saved_tokenizer(uri, config))
+
+    def save_pretrained(self, uri: str) -> None:
+        """Writes the tokenizer files under ``<uri>/tokenizer/`` (the model's saved layout)."""
+        from vlm3r_core.vlm.model import TOKENIZER_DIR, upload_folder
+
+        upload_folder(self.tokenizer.save_pretrained, storage.join(uri, TOKENIZER_DIR))
+
+    # Frames ----------------------------------------------------------------------------------------
+
+    def preprocess_frames(self, videos: Sequence[np.ndarray | torch.Tensor]) -> FramePixels:
+        """Turns sampled frames of B videos into encoder pixels, padded to the longest video.
+
+        Args:
+            videos: B arrays (T_b, H, W, 3) uint8 RGB (``vlm3r_core.video.read_video(...).frames``).
+
+        Returns:
+            ``FramePixels`` with T = max T_b and ``frame_mask`` marking the real frames.
+        """
+        if not videos:
+            raise ValueError("preprocess_frames needs at least one video")
+        frames = []
+        for i, video in enumerate(videos):
+            video = torch.as_tensor(np.asarray(video))
+            if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
+                raise ValueError(
+                    f"video {i}: expected (T, H, W, 3) uint8 frames with T >= 1, got {tuple(video.shape)} {video.dtype}"
+                )
+            frames.append(video)
+        t_max = max(v.shape[0] for v in frames)
+        s, g = self.config.siglip_image_size, self.config.cut3r_image_size
+        siglip = torch.zeros(len(frames), t_max, 3, s, s)
+        cut3r = torch.zeros(len(frames), t_max, 3, g, g)
+        mask = torch.zeros(len(frames), t_max, dtype=torch.bool)
+        for b, video in enumerate(frames):
+            t = video.shape[0]
+            siglip[b, :t] = resize_frames(video, s)
+            cut3r[b, :t] = resize_frames(video, g)
+            mask[b, :t] = True
+        return FramePixels(siglip=siglip, cut3r=cut3r, frame_mask=mask)
+
+    # Text ------------------------------------------------------------------------------------------
+
+    def build_batch(self, user_messages: Sequence[str], answers: Sequence[str] | None = None) -> TextBatch:
+        """Tokenises user turns (from ``prompting.build_user_message``) into a right-padded batch.
+
+        Args:
+            user_messages: B user turns, each with the ``<image>`` placeholder exactly once.
+            answers: B assistant answers (training: labels supervise only them) or None (generation:
+                the prompt ends with the assistant header).
+        """
+        if answers is not None and len(answers) != len(user_messages):
+            raise ValueError(f"build_batch got {len(user_messages)} messages but {len(answers)} answers")
+        rows, row_labels = [], []
+        for i, message in enumerate(user_messages):
+            prompt, completion = prompting.render_chatml(
+                message, None if answers is None else answers[i], self.config.prompt.system_prompt
+            )
+            prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            completion_ids = self.tokenizer.encode(completion, add_special_tokens=False) if completion else []
+            if prompt_ids.count(self.placeholder_id) != 1:
+                raise ValueError(
+                    f"message {i}: the prompt must tokenize to exactly one {prompting.VIDEO_PLACEHOLDER!r} token"
+                )
+            rows.append(prompt_ids + completion_ids)
+            row_labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+        for b, (ids, lab) in enumerate(zip(rows, row_labels, strict=True)):
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            attention_mask[b, : len(ids)] = 1
+            labels[b, : len(lab)] = torch.tensor(lab)
+        return TextBatch(input_ids, attention_mask, labels if answers is not None else None)
+
+    def batch_decode(self, ids: torch.Tensor) -> list[str]:
+        """Generated ids (B, L_new) -> answers, special tokens and surrounding spaces removed."""
+        return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
