@@ -9,6 +9,8 @@ not, a table does).
 Shortest paths are exact Euclidean shortest paths in that polygon with holes: a visibility graph
 over the polygon's vertices (shapely for the segment-in-polygon tests, networkx for Dijkstra). The
 path's corners are obstacle corners, which are the natural turn points of a route description.
+:meth:`FloorPlan.shortest_other_way` finds the best path that passes a free-standing obstacle on
+the other side, so a route with a near-equal alternative way round can be rejected.
 
 Everything is 2D in world XY (metres, Z up); angles are counter-clockwise seen from +Z, so a
 positive turn is a left turn.
@@ -16,11 +18,14 @@ positive turn is a left turn.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.ops import nearest_points, unary_union
 
@@ -99,6 +104,9 @@ class FloorPlan:
         self._graph.add_weighted_edges_from(
             zip(i[visible].tolist(), j[visible].tolist(), lengths[visible].tolist(), strict=True)
         )
+        self._edges = np.stack([i[visible], j[visible]], axis=1)  # (E, 2) node pairs of the graph
+        self._edge_lengths = lengths[visible]  # (E,) metres
+        self._hole_points = self._points_inside_holes(free)  # (H, 2) one point inside each island
         self._approach: dict[int, list[np.ndarray]] = {}
 
     def _blocks(self, obj: SceneObject, floor_z: float) -> bool:
@@ -115,6 +123,33 @@ class FloorPlan:
             for ring in (poly.exterior, *poly.interiors):
                 points.append(np.asarray(ring.coords)[:-1])
         return np.concatenate(points) if points else np.zeros((0, 2))
+
+    @staticmethod
+    def _points_inside_holes(geometry) -> np.ndarray:
+        """(H, 2): a point inside each hole of the walkable floor (an obstacle standing free, with
+        walkable floor all round it)."""
+        polygons = geometry.geoms if isinstance(geometry, MultiPolygon) else [geometry]
+        points = [
+            np.asarray(Polygon(ring).representative_point().coords[0])
+            for poly in polygons
+            if not poly.is_empty
+            for ring in poly.interiors
+        ]
+        return np.stack(points) if points else np.zeros((0, 2))
+
+    def _crosses_hole_rays(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(M, H) True where segment a[m] -> b[m] crosses the ray from hole point h towards +x.
+
+        Half-open in y, so a closed walk crosses a ray an odd number of times exactly when it winds
+        around the ray's origin: a walk and its alternative pass a hole on different sides exactly
+        when their crossing counts differ in parity.
+        """
+        p = self._hole_points  # (H, 2)
+        ay, by = a[:, None, 1], b[:, None, 1]  # (M, 1)
+        straddles = (ay > p[:, 1]) != (by > p[:, 1])  # (M, H)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = a[:, None, 0] + (p[:, 1] - ay) * (b[:, None, 0] - a[:, None, 0]) / (by - ay)  # (M, H)
+        return straddles & (x > p[:, 0])
 
     def _visible(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """(M,) True where the segment a[m] -> b[m] stays on the walkable floor."""
@@ -172,11 +207,9 @@ class FloorPlan:
         s, g = len(self._nodes), len(self._nodes) + 1
         try:  # join start and goal to the visibility graph, search, then restore it
             for node, xy in ((s, start_xy), (g, goal_xy)):
-                ends = np.repeat(xy[None], len(self._nodes), axis=0)
-                visible = self._visible(ends, self._nodes)
-                lengths = np.linalg.norm(self._nodes - xy, axis=1)
+                seen, lengths = self._visible_nodes(xy)
                 self._graph.add_weighted_edges_from(
-                    (node, k, lengths[k]) for k in np.nonzero(visible)[0].tolist()
+                    zip([node] * len(seen), seen.tolist(), lengths.tolist(), strict=True)
                 )
             order = nx.dijkstra_path(self._graph, s, g)
         except (nx.NetworkXNoPath, nx.NodeNotFound):
@@ -185,6 +218,50 @@ class FloorPlan:
             self._graph.remove_nodes_from([s, g])
         coords = {s: start_xy, g: goal_xy}
         return np.stack([coords[k] if k in coords else self._nodes[k] for k in order])
+
+    def _visible_nodes(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Graph nodes in straight view of a walkable point: their numbers (V',) and distances (V',)."""
+        visible = np.nonzero(self._visible(np.repeat(xy[None], len(self._nodes), axis=0), self._nodes))[0]
+        return visible, np.linalg.norm(self._nodes[visible] - xy, axis=1)
+
+    def shortest_other_way(self, path: np.ndarray) -> float:
+        """Length of the shortest walkable path between the ends of ``path`` that passes some
+        free-standing obstacle on the other side than ``path`` does; inf when there is none.
+
+        Args:
+            path: (P, 2) a path from :meth:`shortest_path` (not simplified: its corners are graph nodes).
+
+        A free-standing obstacle is a hole of the walkable floor. Which side of hole h a path passes
+        is the parity of its crossings with a ray from inside h (:meth:`_crosses_hole_rays`); per
+        hole, Dijkstra runs on the visibility graph doubled by that parity bit, from (start, 0) to
+        (goal, the bit ``path`` does not have).
+        """
+        if len(self._hole_points) == 0:
+            return math.inf
+        n = len(self._nodes)
+        s, g = n, n + 1
+        xy = np.concatenate([self._nodes, path[:1], path[-1:]])  # (n + 2, 2)
+        edges, lengths = [self._edges], [self._edge_lengths]
+        for node in (s, g):
+            seen, dist = self._visible_nodes(xy[node])
+            edges.append(np.stack([np.full(len(seen), node), seen], axis=1))
+            lengths.append(dist)
+        if self._visible(path[:1], path[-1:])[0]:
+            edges.append(np.array([[s, g]]))
+            lengths.append(np.array([np.linalg.norm(path[-1] - path[0])]))
+        edges, lengths = np.concatenate(edges), np.concatenate(lengths)  # (E', 2), (E',)
+        crossing = self._crosses_hole_rays(xy[edges[:, 0]], xy[edges[:, 1]]).astype(np.int64)  # (E', H)
+        path_parity = self._crosses_hole_rays(path[:-1], path[1:]).sum(axis=0) % 2  # (H,)
+        m = n + 2  # node k with parity bit b is k + b * m in the doubled graph
+        best = math.inf
+        for h in range(len(self._hole_points)):
+            c = crossing[:, h]
+            rows = np.concatenate([edges[:, 0], edges[:, 0] + m])
+            cols = np.concatenate([edges[:, 1] + m * c, edges[:, 1] + m * (1 - c)])
+            doubled = coo_matrix((np.tile(lengths, 2), (rows, cols)), shape=(2 * m, 2 * m)).tocsr()
+            distances = dijkstra(doubled, directed=False, indices=s)  # (2m,)
+            best = min(best, float(distances[g + m * (1 - path_parity[h])]))
+        return best
 
 
 def path_length(path: np.ndarray) -> float:

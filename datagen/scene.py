@@ -163,9 +163,15 @@ class Scene:
                     "index": f.index,
                     "timestamp": f.timestamp,
                     "cam_to_world": f.cam_to_world.tolist(),
-                    "intrinsics": {"fx": f.intrinsics.fx, "fy": f.intrinsics.fy, "cx": f.intrinsics.cx, "cy": f.intrinsics.cy},
+                    "intrinsics": {
+                        "fx": f.intrinsics.fx,
+                        "fy": f.intrinsics.fy,
+                        "cx": f.intrinsics.cx,
+                        "cy": f.intrinsics.cy,
+                    },
                     "visible": [
-                        {"instance_id": v.instance_id, "bbox_2d": list(v.bbox_2d), "pixels": v.pixels} for v in f.visible
+                        {"instance_id": v.instance_id, "bbox_2d": list(v.bbox_2d), "pixels": v.pixels}
+                        for v in f.visible
                     ],
                 }
                 for f in self.frames
@@ -218,11 +224,15 @@ def _parse_frame(p: _Parser, f: dict, i: int) -> Frame:
         index=p.get(f, "index", int, f"frames[{i}].index"),
         timestamp=p.number(f, "timestamp", f"frames[{i}].timestamp"),
         cam_to_world=p.array(f, "cam_to_world", (4, 4), f"frames[{i}].cam_to_world"),
-        intrinsics=Intrinsics(*(p.number(intr, k, f"frames[{i}].intrinsics.{k}") for k in ("fx", "fy", "cx", "cy"))),
+        intrinsics=Intrinsics(
+            *(p.number(intr, k, f"frames[{i}].intrinsics.{k}") for k in ("fx", "fy", "cx", "cy"))
+        ),
         visible=tuple(
             Visibility(
                 instance_id=p.get(v, "instance_id", int, f"frames[{i}].visible[{j}].instance_id"),
-                bbox_2d=tuple(float(x) for x in p.array(v, "bbox_2d", (4,), f"frames[{i}].visible[{j}].bbox_2d")),
+                bbox_2d=tuple(
+                    float(x) for x in p.array(v, "bbox_2d", (4,), f"frames[{i}].visible[{j}].bbox_2d")
+                ),
                 pixels=p.get(v, "pixels", int, f"frames[{i}].visible[{j}].pixels"),
             )
             for j, v in enumerate(p.get(f, "visible", list, f"frames[{i}].visible"))
@@ -246,7 +256,9 @@ class _Parser:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise SceneValidationError(self.scene_id, name, f"expected {kind.__name__}, got {type(value).__name__}")
+            raise SceneValidationError(
+                self.scene_id, name, f"expected {kind.__name__}, got {type(value).__name__}"
+            )
         return value
 
     def number(self, d: Any, key: str, name: str) -> float:
@@ -259,7 +271,7 @@ class _Parser:
             a = np.asarray(d[key], dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise SceneValidationError(self.scene_id, name, f"not a numeric array ({e})") from e
-        if a.ndim != len(shape) or any(s != -1 and s != n for s, n in zip(shape, a.shape)):
+        if a.ndim != len(shape) or any(s != -1 and s != n for s, n in zip(shape, a.shape, strict=True)):
             raise SceneValidationError(self.scene_id, name, f"expected shape {shape}, got {a.shape}")
         return a
 
@@ -329,8 +341,13 @@ def validate_scene(s: Scene) -> None:
         if f.cam_to_world.shape != (4, 4) or not np.all(np.isfinite(f.cam_to_world)):
             fail(f"{where}.cam_to_world", "must be a finite 4x4 matrix")
         rot = f.cam_to_world[:3, :3]
-        if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-3) or not np.allclose(f.cam_to_world[3], [0, 0, 0, 1]):
-            fail(f"{where}.cam_to_world", "not a rigid transform (rotation not orthonormal or last row not [0, 0, 0, 1])")
+        if not np.allclose(rot.T @ rot, np.eye(3), atol=1e-3) or not np.allclose(
+            f.cam_to_world[3], [0, 0, 0, 1]
+        ):
+            fail(
+                f"{where}.cam_to_world",
+                "not a rigid transform (rotation not orthonormal or last row not [0, 0, 0, 1])",
+            )
         k = f.intrinsics
         if not all(math.isfinite(x) for x in (k.fx, k.fy, k.cx, k.cy)) or k.fx <= 0 or k.fy <= 0:
             fail(f"{where}.intrinsics", f"focal lengths must be positive and finite, got {k}")
@@ -339,7 +356,10 @@ def validate_scene(s: Scene) -> None:
                 fail(f"{where}.visible", f"unknown instance_id {vis.instance_id}")
             x0, y0, x1, y1 = vis.bbox_2d
             if not (x0 <= x1 and y0 <= y1) or not all(math.isfinite(c) for c in vis.bbox_2d):
-                fail(f"{where}.visible[{vis.instance_id}].bbox_2d", f"must be finite [x0, y0, x1, y1] with x0<=x1, y0<=y1, got {vis.bbox_2d}")
+                fail(
+                    f"{where}.visible[{vis.instance_id}].bbox_2d",
+                    f"must be finite [x0, y0, x1, y1] with x0<=x1, y0<=y1, got {vis.bbox_2d}",
+                )
             if vis.pixels < 0:
                 fail(f"{where}.visible[{vis.instance_id}].pixels", f"must be >= 0, got {vis.pixels}")
 

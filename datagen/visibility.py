@@ -29,7 +29,7 @@ def visibility_from_mask(instance_mask: np.ndarray, min_pixels: int = 1) -> tupl
         raise ValueError(f"instance mask must be (H, W), got shape {instance_mask.shape}")
     ids, counts = np.unique(instance_mask[instance_mask != BACKGROUND], return_counts=True)
     out = []
-    for instance_id, count in zip(ids.tolist(), counts.tolist()):
+    for instance_id, count in zip(ids.tolist(), counts.tolist(), strict=True):
         if count < min_pixels:
             continue
         ys, xs = np.nonzero(instance_mask == instance_id)

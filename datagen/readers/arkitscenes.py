@@ -123,13 +123,7 @@ def read_objects(anno_uri: str) -> tuple[list[SceneObject], dict[int, str], int]
         label = str(require(item, "label", anno_uri, where)).strip()
         obb = require(require(item, "segments", anno_uri, where), "obbAligned", anno_uri, f"{where}segments.")
         try:
-            center, extent, rotation = box_from_obb(
-                require(obb, "centroid", anno_uri, f"{where}segments.obbAligned."),
-                require(obb, "axesLengths", anno_uri, f"{where}segments.obbAligned."),
-                require(obb, "normalizedAxes", anno_uri, f"{where}segments.obbAligned."),
-                anno_uri,
-                f"{where}segments.obbAligned",
-            )
+            center, extent, rotation = box_from_obb(obb, anno_uri, f"{where}segments.obbAligned")
         except SourceFormatError as e:
             logger.warning("object %d (%s) skipped: %s", i, label, e)
             skipped += 1

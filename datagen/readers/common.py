@@ -392,8 +392,9 @@ def box_from_points(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return center, extent, rotation
 
 
-def box_from_obb(centroid: Any, axes_lengths: Any, normalized_axes: Any, uri: str, what: str):
-    """An annotated oriented box (ScanNet++ / ARKitScenes ``obb``) in the contract's form.
+def box_from_obb(obb: Any, uri: str, what: str):
+    """An annotated oriented box (ScanNet++ / ARKitScenes ``obb``: ``{centroid, axesLengths,
+    normalizedAxes}``, ``what`` names it in errors) in the contract's form.
 
     ``normalizedAxes`` is 9 numbers whose rows (3 at a time) are the box axes, so the rotation with
     axes as columns is ``reshape(3, 3).T``. The matrix is snapped to the nearest rotation (a
@@ -403,9 +404,10 @@ def box_from_obb(centroid: Any, axes_lengths: Any, normalized_axes: Any, uri: st
         center (3,), extent (3,), rotation (3, 3); raises :class:`SourceFormatError` for a box that
         is not numeric, not finite, has a non-positive side or axes far from orthonormal.
     """
-    center = as_array(centroid, (3,), uri, f"{what}.centroid")
-    extent = as_array(axes_lengths, (3,), uri, f"{what}.axesLengths")
-    rotation = as_array(normalized_axes, (9,), uri, f"{what}.normalizedAxes").reshape(3, 3).T
+    center = as_array(require(obb, "centroid", uri, f"{what}."), (3,), uri, f"{what}.centroid")
+    extent = as_array(require(obb, "axesLengths", uri, f"{what}."), (3,), uri, f"{what}.axesLengths")
+    axes = as_array(require(obb, "normalizedAxes", uri, f"{what}."), (9,), uri, f"{what}.normalizedAxes")
+    rotation = axes.reshape(3, 3).T
     if not (np.all(np.isfinite(center)) and np.all(np.isfinite(extent)) and np.all(np.isfinite(rotation))):
         raise SourceFormatError(uri, f"{what}: non-finite box values")
     if np.any(extent <= 0):

@@ -69,13 +69,7 @@ def read_instances(
         segments = as_array(require(group, "segments", anno_uri, where), (-1,), anno_uri, f"{where}segments")
         obb = require(group, "obb", anno_uri, where)
         try:
-            center, extent, rotation = box_from_obb(
-                require(obb, "centroid", anno_uri, f"{where}obb."),
-                require(obb, "axesLengths", anno_uri, f"{where}obb."),
-                require(obb, "normalizedAxes", anno_uri, f"{where}obb."),
-                anno_uri,
-                f"{where}obb",
-            )
+            center, extent, rotation = box_from_obb(obb, anno_uri, f"{where}obb")
         except SourceFormatError as e:
             logger.warning("instance %d (%s) skipped: %s", instance_id, label, e)
             skipped += 1

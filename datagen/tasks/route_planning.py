@@ -8,7 +8,10 @@ this one plans on the scene geometry (:mod:`datagen.routes`):
 - S, F, D are distinct scene-unique categories; the robot starts beside S (the walkable point
   nearest to S's centre, at most 0.6 m from its footprint; of equally near sides, the one towards
   D) facing F's centre; the goal is beside D (of equally near sides, the one towards S).
-- The route is the exact shortest walkable path, simplified (10 cm); routes under 1 m are not asked.
+- The route is the exact shortest walkable path, simplified (10 cm); routes under 1 m are not asked,
+  nor routes with a near-equal alternative: a way that passes some free-standing obstacle on the
+  other side and is at most 20 % longer (a table in the middle of the room, start and goal on
+  either side) would make the turns ambiguous.
 - Turns are classified with a rejection band so every label is unambiguous. The heading change is
   measured from the heading the robot took at its last turn (so a corner followed by another corner
   adds up): at most 20 degrees is "keep going", 40-140 degrees is Turn Left / Turn Right (left =
@@ -48,6 +51,7 @@ STRAIGHT_MAX_DEG = 20.0
 TURN_MIN_DEG, TURN_MAX_DEG = 40.0, 140.0
 BACK_MIN_DEG = 160.0
 MAX_APPROACH_M = 0.6
+ALTERNATIVE_MARGIN = 0.2  # a way round on the other side of an obstacle at most 20 % longer: ambiguous
 MIN_FACING_M = 0.5
 MIN_ROUTE_M = 1.0
 MIN_LEG_M = 0.5
@@ -110,14 +114,17 @@ def landmark(graph: SceneGraph, plan: FloorPlan, point_xy: np.ndarray, excluded:
 
 
 def plan_route(graph: SceneGraph, plan: FloorPlan, start: str, destination: str) -> np.ndarray | None:
-    """The simplified shortest walkable path (P, 2) from beside S to beside D, or None."""
+    """The simplified shortest walkable path (P, 2) from beside S to beside D, or None (no path, too
+    short, or another way round is about as short)."""
     s, d = graph.unique_instance(start), graph.unique_instance(destination)
     begin = plan.approach_point(s.instance_id, toward_xy=d.center[:2])
     end = plan.approach_point(d.instance_id, toward_xy=s.center[:2])
     if begin is None or end is None or begin[1] > MAX_APPROACH_M or end[1] > MAX_APPROACH_M:
         return None
     path = plan.shortest_path(begin[0], end[0])
-    if path is None:
+    if path is None or path_length(path) < MIN_ROUTE_M:
+        return None
+    if plan.shortest_other_way(path) <= (1 + ALTERNATIVE_MARGIN) * path_length(path):
         return None
     path = simplify_path(path)
     return path if path_length(path) >= MIN_ROUTE_M else None

@@ -18,8 +18,8 @@ def _plan(objects, room=(6.0, 4.0)):
 
 def test_shortest_path_goes_around_an_obstacle_on_the_shorter_side():
     # Obstacle x [2.5, 3.5], y [1.0, 3.4]; grown by 0.2 m: x [2.3, 3.7], y [0.8, 3.6]. The room shrunk
-    # by 0.2 m leaves a corridor y [0.2, 0.8] below (and a 0 m one above): the path takes the two
-    # lower corners.
+    # by 0.2 m leaves corridors y [0.2, 0.8] below and y [3.6, 3.8] above; from y = 2 the lower
+    # corners are nearer, so the path takes them.
     plan = _plan([box(1, "wardrobe", (3, 2.2, 0.5), (1, 2.4, 1))])
     path = plan.shortest_path(np.array([1.0, 2.0]), np.array([5.0, 2.0]))
     np.testing.assert_allclose(path, [[1, 2], [2.3, 0.8], [3.7, 0.8], [5, 2]], atol=1e-9)
@@ -74,3 +74,23 @@ def test_config_is_validated():
         RoutePlannerConfig(agent_radius_m=0)
     with pytest.raises(ValueError, match="agent_height_m"):
         RoutePlannerConfig(agent_height_m=0.05)
+
+
+def test_shortest_other_way_passes_a_free_standing_obstacle_on_the_other_side():
+    # A table in the open, grown by 0.2 m: x [2.3, 3.7], y [1.3, 2.7]. From (1, 2) to (5, 2) the way
+    # above and the way below are equally long.
+    centred = _plan([box(1, "table", (3, 2, 0.4), (1, 1, 0.8))])
+    path = centred.shortest_path(np.array([1.0, 2.0]), np.array([5.0, 2.0]))
+    assert centred.shortest_other_way(path) == pytest.approx(path_length(path))
+    # Table moved down, grown y [0.3, 2.1]: from (1, 1.8) to (5, 1.8) the way above takes the corners
+    # (2.3, 2.1) and (3.7, 2.1); the other way goes below, through (2.3, 0.3) and (3.7, 0.3).
+    low = _plan([box(1, "table", (3, 1.2, 0.4), (1, 1.4, 0.8))])
+    path = low.shortest_path(np.array([1.0, 1.8]), np.array([5.0, 1.8]))
+    np.testing.assert_allclose(path, [[1, 1.8], [2.3, 2.1], [3.7, 2.1], [5, 1.8]], atol=1e-9)
+    assert low.shortest_other_way(path) == pytest.approx(2 * math.hypot(1.3, 1.5) + 1.4)
+    # An obstacle against a wall (y [0, 2.8]) is no island: there is no other way round.
+    walled = _plan([box(1, "wardrobe", (3, 1.4, 0.5), (1, 2.8, 1))])
+    assert (
+        walled.shortest_other_way(walled.shortest_path(np.array([1.0, 1.8]), np.array([5.0, 1.8])))
+        == math.inf
+    )

@@ -87,7 +87,7 @@ quaternion = st.tuples(*[st.floats(-1, 1)] * 4).filter(lambda q: np.linalg.norm(
 extents = st.tuples(*[st.floats(0.05, 2.0)] * 3)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     st.tuples(coords, coords, coords),
     extents,

@@ -9,12 +9,14 @@ stand in the room corners at 1.5 m and look at the table. Images are 32 x 24 sol
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
+
+from datagen.tasks import scene_builder
+from datagen.tasks.scene_builder import yaw_rotation as yaw_matrix
 
 ROOM_X, ROOM_Y, ROOM_H = 4.0, 3.0, 2.5
 TABLE_CENTER = np.array([2.0, 1.5, 0.4])
@@ -26,21 +28,9 @@ EYES = [np.array(e) for e in ([0.5, 0.5, 1.5], [3.5, 0.5, 1.5], [3.5, 2.5, 1.5],
 COLOURS = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (230, 230, 230)]
 
 
-def yaw_matrix(deg: float) -> np.ndarray:
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-
-
 def look_at(eye: np.ndarray, target: np.ndarray = TABLE_CENTER) -> np.ndarray:
     """4x4 camera-to-world, OpenCV axes (x right, y down, z forward), world Z up."""
-    forward = (target - eye) / np.linalg.norm(target - eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([right, down, forward], axis=1)
-    pose[:3, 3] = eye
-    return pose
+    return scene_builder.look_at(eye, target)
 
 
 def project(point: np.ndarray, cam_to_world: np.ndarray) -> tuple[float, float]:

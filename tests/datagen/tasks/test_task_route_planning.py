@@ -94,3 +94,25 @@ def test_routes_survive_rotation_about_z_and_translation(yaw, shift):
     assert rp.generate(moved, np.random.default_rng(1), cap=20) == rp.generate(
         g, np.random.default_rng(1), cap=20
     )
+
+
+@pytest.mark.parametrize(
+    ("table_y", "table_depth", "expected"),
+    [
+        (1.8, 1.0, None),  # centred between plant and desk: above and below are equally long
+        (1.2, 1.4, [[0.6, 1.8], [2.3, 2.1], [3.7, 2.1], [5.0, 1.8]]),  # above 4.46 m, below 5.65 m (+27 %)
+    ],
+)
+def test_routes_with_a_near_equal_way_round_are_not_asked(table_y, table_depth, expected):
+    # Plant against the left wall, desk against the right one, a table in the open between them.
+    objects = [
+        box(1, "plant", (0.25, 1.8, 0.5), (0.3, 0.6, 1.0)),
+        box(2, "desk", (5.6, 1.8, 0.4), (0.8, 1.6, 0.8)),
+        box(3, "table", (3, table_y, 0.4), (1, table_depth, 0.8)),
+    ]
+    scene = make_scene(objects, [look_at((5, 3.5, 1.5), (1, 1, 0.5))], room_size=(6.0, 4.0), visible=[[]])
+    path = rp.plan_route(SceneGraph(scene), FloorPlan(scene), "plant", "desk")
+    if expected is None:
+        assert path is None
+    else:
+        np.testing.assert_allclose(path, expected, atol=1e-9)
