@@ -30,7 +30,7 @@ import torch
 from ray import serve
 from transformers.generation.streamers import BaseStreamer
 
-from vlm3r_core.presets import PRESETS, get_preset
+from vlm3r_core import inference
 from vlm3r_core.prompting import build_user_message
 from vlm3r_core.video import VideoTooLongError, read_video
 from vlm3r_core.vlm import FramePixels, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
@@ -108,21 +108,10 @@ class EncoderStats:
 
 
 def load_model(source: str, parts: tuple[str, ...]) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
-    """Loads a preset ("tiny": seeded random weights) or a ``save_pretrained`` folder/URI on CPU, keeps
-    only the submodules in ``parts`` (each deployment holds only its share of the network in GPU
-    memory), and moves it to the replica's device: the GPU Ray assigned, else the CPU."""
-    if source in PRESETS:
-        config = get_preset(source)
-        model = Vlm3rForConditionalGeneration.from_config(config)
-        processor = Vlm3rProcessor.from_config(config)
-    else:
-        model = Vlm3rForConditionalGeneration.from_pretrained(source)
-        processor = Vlm3rProcessor.from_pretrained(source)
-    for name, _ in list(model.named_children()):
-        if name not in parts:
-            setattr(model, name, None)
+    """The model share of one replica (see ``vlm3r_core.inference.load_model``), on the GPU Ray
+    assigned to the replica, else on the CPU."""
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), processor
+    return inference.load_model(source, device, parts)
 
 
 def _replica_actor() -> str:

@@ -23,8 +23,17 @@ from vlm3r_core.video import read_video
 from vlm3r_core.vlm import VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
-def load_model(source: str, device: str | torch.device = "cpu") -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
-    """A preset name (seeded random weights, e.g. the untrained ``tiny``) or a ``save_pretrained`` URI."""
+def load_model(
+    source: str, device: str | torch.device = "cpu", parts: Sequence[str] | None = None
+) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
+    """Loads a preset name (seeded random weights, e.g. the untrained ``tiny``) or a ``save_pretrained`` URI.
+
+    Args:
+        device: where the model runs.
+        parts: keep only these submodules (e.g. ``("vision_tower", "cut3r")`` for a serving
+            replica that only encodes); the others are dropped on the CPU before the move, so a
+            GPU holds only its share of the network.
+    """
     if source in PRESETS:
         config = get_preset(source)
         model = Vlm3rForConditionalGeneration.from_config(config)
@@ -32,6 +41,10 @@ def load_model(source: str, device: str | torch.device = "cpu") -> tuple[Vlm3rFo
     else:
         model = Vlm3rForConditionalGeneration.from_pretrained(source)
         processor = Vlm3rProcessor.from_pretrained(source)
+    if parts is not None:
+        for name, _ in list(model.named_children()):
+            if name not in parts:
+                setattr(model, name, None)
     return model.to(device).eval(), processor
 
 
