@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> MakeScenesConfig:
     p.add_argument("--num-scenes", type=int, required=True)
     p.add_argument("--out", required=True, help="output root URI (writes <out>/scenes/synthetic/...)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="probability that a scene goes to the val split")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of scenes in the val split (every k-th scene, stable as the batch grows)")
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--height", type=int, default=d.height)
     p.add_argument("--fps", type=float, default=d.fps)

@@ -2,7 +2,9 @@
 
 Scene ``i`` of a batch with seed ``S`` is ``syn-{i:06d}``; its own seed and its split come from
 ``(S, i)`` only, so growing ``--num-scenes`` keeps every earlier scene (and its split) unchanged.
-A scene goes to ``val`` with probability ``val_fraction``.
+Scene ``i`` goes to ``val`` when ``floor((i + 1) * val_fraction) > floor(i * val_fraction)``: every
+prefix of a batch holds exactly ``floor(n * val_fraction)`` val scenes, and growing the batch never
+moves a scene between splits.
 
 Beside the scene folders, under ``<root>/scenes/synthetic/``:
 - ``manifest.jsonl``: one :class:`SceneRecord` per finished scene (sorted by scene id); a re-run
@@ -12,6 +14,7 @@ Beside the scene folders, under ``<root>/scenes/synthetic/``:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,9 +56,9 @@ def plan_scenes(num_scenes: int, seed: int, val_fraction: float) -> list[SceneTa
         raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
     tasks = []
     for i in range(num_scenes):
-        state = np.random.SeedSequence([seed, i]).generate_state(2)
-        split = "val" if state[1] / 2**32 < val_fraction else "train"
-        tasks.append(SceneTask(index=i, scene_id=f"syn-{i:06d}", seed=int(state[0]), split=split))
+        scene_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        split = "val" if math.floor((i + 1) * val_fraction) > math.floor(i * val_fraction) else "train"
+        tasks.append(SceneTask(index=i, scene_id=f"syn-{i:06d}", seed=scene_seed, split=split))
     return tasks
 
 
