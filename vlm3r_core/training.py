@@ -1,0 +1,432 @@
+"""LoRA tuning of VLM-3R from precomputed tokens: the whole training policy in one place.
+
+What is trained (the paper's recipe): LoRA (rank 128, alpha 256, dropout 0.05) on every linear
+layer of the LLM, plus the fusion block and the projector; SigLIP, CUT3R and the LLM base weights
+stay frozen. The frozen encoders never run: their outputs come from token shards.
+
+This module holds everything a training worker does, without Ray:
+
+- :class:`TrainConfig`: run settings (URIs, steps, batch, optimiser, LoRA, DeepSpeed, checkpoints).
+- The dtype / LoRA / DeepSpeed policy: :func:`build_model_for_training` (bf16 on GPU, fp32 on
+  CPU), :func:`deepspeed_config` (the packaged ``configs/deepspeed/zero{2,3}.json`` with the run's
+  batch, accumulation, clipping and precision filled in) and :func:`build_engine`.
+- The step: :func:`lr_at` (linear warmup then cosine to zero, a pure function of the step) and
+  :func:`train_step` (one optimiser step over ``grad_accum_steps`` micro-batches).
+- Checkpoints: :class:`TrainState`, :func:`save_checkpoint` / :func:`load_checkpoint` (DeepSpeed
+  state of every rank, trainable weights only) and :func:`export_model` (``save_pretrained``).
+- :class:`MetricsWindow`: loss, learning rate, samples and tokens per second between reports.
+
+``jobs/train.py`` wires these into Ray Train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vlm3r_core import storage
+from vlm3r_core.presets import get_preset
+from vlm3r_core.train_data import TrainBatch
+from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
+
+logger = logging.getLogger(__name__)
+
+DEEPSPEED_CONFIG_DIR = Path(__file__).parent / "configs" / "deepspeed"
+DEEPSPEED_CONFIGS = {2: "zero2.json", 3: "zero3.json"}
+CHECKPOINT_TAG = "deepspeed"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run.
+
+    Args:
+        qa_uri: training conversations (LLaVA form with ``video_id``): a file or a folder.
+        tokens_uri: token shard set ``<root>/tokens/<encoder>`` with ``vision_features``.
+        out_uri: run folder: checkpoints under ``<out>/checkpoints/<run_name>``, the exported
+            model at ``<out>/model``, the metrics of every checkpoint in ``<out>/metrics.jsonl``,
+            skipped conversations in ``<out>/skipped.jsonl``.
+        preset: model preset (``vlm3r_core.presets``).
+        run_name: Ray Train run name; re-running with the same ``out_uri`` and name resumes.
+        num_workers: data-parallel training workers.
+        use_gpu: one GPU per worker, bf16 and NCCL; otherwise CPU, fp32 and gloo.
+        cpus_per_worker: CPUs reserved per worker.
+        zero_stage: DeepSpeed ZeRO stage, 2 or 3.
+        max_steps: optimiser steps of the whole run.
+        micro_batch_size: samples per worker per forward pass.
+        grad_accum_steps: micro-batches per optimiser step.
+        lr: peak learning rate (paper: 2e-5 for the 7B model).
+        warmup_ratio: fraction of ``max_steps`` with a linear warmup (paper: 0.03).
+        weight_decay: AdamW weight decay (paper: 0).
+        max_grad_norm: gradient clipping by global norm.
+        lora_r, lora_alpha, lora_dropout: LoRA on every linear layer of the LLM; None keeps the
+            preset's (``vlm3r-7b``: 128, 256, 0.05, the paper's).
+        seed: seeds the LoRA init (same on every rank), dropout and the data shuffle.
+        shuffle_buffer: rows in each worker's local shuffle buffer (0: no shuffle).
+        checkpoint_every: steps between checkpoints (one is also written at the end).
+        keep_checkpoints: checkpoints kept in storage (older ones are deleted).
+        max_failures: worker-group restarts from the last checkpoint before the run fails.
+        log_every: steps between progress lines of rank 0.
+        fail_at_step: FAULT INJECTION, for tests only: every worker raises ``RuntimeError`` just
+            before this step in an attempt that did not start from a checkpoint. Must be after
+            the first checkpoint, so the restarted attempt resumes and goes past it.
+    """
+
+    qa_uri: str
+    tokens_uri: str
+    out_uri: str
+    preset: str = "tiny"
+    run_name: str = "vlm3r-lora"
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    zero_stage: int = 2
+    max_steps: int = 1000
+    micro_batch_size: int = 1
+    grad_accum_steps: int = 1
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    seed: int = 0
+    shuffle_buffer: int = 256
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    max_failures: int = 3
+    log_every: int = 10
+    fail_at_step: int | None = None
+
+    def __post_init__(self):
+        for name in ("qa_uri", "tokens_uri", "out_uri", "preset", "run_name"):
+            if not getattr(self, name):
+                raise ValueError(f"TrainConfig.{name} must not be empty")
+        if self.zero_stage not in DEEPSPEED_CONFIGS:
+            raise ValueError(f"zero_stage must be one of {sorted(DEEPSPEED_CONFIGS)}, got {self.zero_stage}")
+        for name in ("num_workers", "max_steps", "micro_batch_size", "grad_accum_steps", "checkpoint_every",
+                     "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_worker <= 0 or self.lr <= 0 or self.max_grad_norm <= 0:
+            raise ValueError("cpus_per_worker, lr and max_grad_norm must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.weight_decay < 0 or self.shuffle_buffer < 0 or self.max_failures < 0:
+            raise ValueError("weight_decay, shuffle_buffer and max_failures must be >= 0")
+        if self.fail_at_step is not None and not self.checkpoint_every < self.fail_at_step <= self.max_steps:
+            raise ValueError(
+                f"fail_at_step must be after the first checkpoint (step {self.checkpoint_every}) and at most "
+                f"max_steps={self.max_steps}, got {self.fail_at_step}"
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype: bf16 on GPU, fp32 on CPU (gloo, no fast bf16 kernels)."""
+        return torch.bfloat16 if self.use_gpu else torch.float32
+
+    @property
+    def storage_path(self) -> str:
+        """Ray Train ``storage_path``: ``<out>/checkpoints`` (absolute for local folders)."""
+        uri = storage.join(self.out_uri, "checkpoints")
+        return uri if storage.is_remote(uri) else storage.filesystem(uri)[1]
+
+    @property
+    def model_uri(self) -> str:
+        return storage.join(self.out_uri, "model")
+
+    @property
+    def metrics_uri(self) -> str:
+        return storage.join(self.out_uri, "metrics.jsonl")
+
+    @property
+    def skipped_uri(self) -> str:
+        return storage.join(self.out_uri, "skipped.jsonl")
+
+    @property
+    def warmup_steps(self) -> int:
+        return math.ceil(self.warmup_ratio * self.max_steps)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine to zero.
+
+    A pure function of the step, so a resumed run continues the same curve with no scheduler
+    state in the checkpoint.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    """The packaged DeepSpeed config of ``cfg.zero_stage`` with every ``"auto"`` filled from ``cfg``."""
+    path = DEEPSPEED_CONFIG_DIR / DEEPSPEED_CONFIGS[cfg.zero_stage]
+    config = json.loads(path.read_text())
+    config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    config["gradient_accumulation_steps"] = cfg.grad_accum_steps
+    config["gradient_clipping"] = cfg.max_grad_norm
+    config["bf16"]["enabled"] = cfg.dtype == torch.bfloat16
+    left = [k for k, v in _flatten(config).items() if v == "auto"]
+    if left:
+        raise ValueError(f"{path}: unfilled 'auto' values: {left}")
+    return config
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def training_model_config(cfg: TrainConfig):
+    """The preset's ``Vlm3rConfig`` with the run's dtype (bf16 on GPU, fp32 on CPU) and LoRA overrides."""
+    lora = {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout}
+    overrides = {k: v for k, v in lora.items() if v is not None}
+    return get_preset(cfg.preset, dtype="bfloat16" if cfg.use_gpu else "float32", **overrides)
+
+
+def build_model_for_training(cfg: TrainConfig) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
+    """The VLM with LoRA applied, only fusion + projector + newline + LoRA trainable, and its processor.
+
+    Only the LLM's base weights are loaded (with the projector init of a LLaVA-Video checkpoint):
+    the frozen encoders never run in training, their outputs come from the token shards. The
+    LoRA init is seeded with ``cfg.seed`` on every rank (identical replicas); afterwards the seed
+    is offset by the rank so dropout differs between workers.
+    """
+    vlm_config = training_model_config(cfg)
+    seed_everything(cfg.seed)
+    model = Vlm3rForConditionalGeneration.from_config(vlm_config, load_base_weights=False)
+    model.load_base_weights(["language_model"])
+    model.apply_lora()
+    model.to(cfg.dtype).train()
+    seed_everything(cfg.seed + rank_and_world()[0])
+    return model, Vlm3rProcessor.from_config(vlm_config)
+
+
+def build_engine(cfg: TrainConfig, model: torch.nn.Module):
+    """Wraps the model in a DeepSpeed engine with AdamW over the trainable parameters.
+
+    The learning rate is set by :func:`train_step` from :func:`lr_at`, so no scheduler is given to
+    DeepSpeed. Ray Train (or the caller) has already set up ``torch.distributed``.
+    """
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=lr_at(cfg, 0), betas=(0.9, 0.999), weight_decay=cfg.weight_decay, fused=cfg.use_gpu
+    )
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    return engine
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimiser step on one worker: mean loss of its micro-batches, samples, LLM tokens, grad norm."""
+
+    loss: float
+    num_samples: int
+    num_tokens: int
+    grad_norm: float | None
+
+
+def train_step(engine, micro_batches: Sequence[TrainBatch], lr: float) -> StepResult:
+    """One optimiser step: forward/backward over ``grad_accum_steps`` micro-batches, then update.
+
+    DeepSpeed divides each loss by the accumulation steps, reduces gradients across workers, clips
+    them to ``gradient_clipping`` and steps AdamW on the last micro-batch.
+
+    Args:
+        engine: the DeepSpeed engine of :func:`build_engine`.
+        micro_batches: ``TrainBatch`` list of length ``engine.gradient_accumulation_steps()``.
+        lr: learning rate of this step (:func:`lr_at`).
+    """
+    if len(micro_batches) != engine.gradient_accumulation_steps():
+        raise ValueError(
+            f"train_step needs {engine.gradient_accumulation_steps()} micro-batches, got {len(micro_batches)}"
+        )
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    losses = []
+    for batch in micro_batches:
+        batch = batch.to(engine.device)
+        out = engine(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels, features=batch.features
+        )
+        if not torch.isfinite(out.loss):
+            raise FloatingPointError(f"non-finite loss {out.loss.item()} (lr {lr:.3g})")
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(out.loss.detach().float())
+    grad_norm = engine.get_global_grad_norm()
+    return StepResult(
+        loss=float(torch.stack(losses).mean()),
+        num_samples=sum(b.num_samples for b in micro_batches),
+        num_tokens=sum(b.num_tokens for b in micro_batches),
+        grad_norm=None if grad_norm is None else float(grad_norm),
+    )
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint.
+
+    Attributes:
+        step: optimiser steps done.
+        epoch, batch_in_epoch: data position of the last micro-batch used (batches counted from 1).
+        samples_seen, tokens_seen: totals over all workers.
+        resumed_from_step: step of the checkpoint this attempt started from (None: from scratch).
+    """
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples_seen: int = 0
+    tokens_seen: int = 0
+    resumed_from_step: int | None = None
+
+    def advance(self, result: StepResult, position: tuple[int, int], world_size: int) -> None:
+        """Counts one finished step (workers take equal batches, so totals scale by the world size)."""
+        self.step += 1
+        self.epoch, self.batch_in_epoch = position
+        self.samples_seen += result.num_samples * world_size
+        self.tokens_seen += result.num_tokens * world_size
+
+
+def save_checkpoint(engine, state: TrainState, directory: str) -> None:
+    """Writes this rank's DeepSpeed state (trainable weights, optimiser shard) and the train state.
+
+    Every rank calls it with its own local folder; Ray Train merges the folders into one
+    checkpoint in storage. Frozen weights are not saved (they come from the preset).
+    """
+    engine.save_checkpoint(
+        directory, tag=CHECKPOINT_TAG, client_state={"train_state": asdict(state)}, exclude_frozen_parameters=True
+    )
+
+
+def load_checkpoint(engine, directory: str) -> TrainState:
+    """Restores weights and optimiser state saved by :func:`save_checkpoint`; returns the train state."""
+    path, client_state = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=False)
+    if path is None or "train_state" not in client_state:
+        raise ValueError(f"{directory}: not a training checkpoint (no DeepSpeed state tagged {CHECKPOINT_TAG!r})")
+    state = TrainState(**client_state["train_state"])
+    state.resumed_from_step = state.step
+    return state
+
+
+def check_fault_injection(cfg: TrainConfig, state: TrainState) -> None:
+    """FAULT INJECTION (tests only): fails an attempt that started from scratch at ``cfg.fail_at_step``."""
+    if cfg.fail_at_step is not None and state.resumed_from_step is None and state.step + 1 == cfg.fail_at_step:
+        raise RuntimeError(f"fault injection: worker fails before step {cfg.fail_at_step} (TrainConfig.fail_at_step)")
+
+
+def export_model(engine, processor: Vlm3rProcessor, uri: str) -> None:
+    """Writes the trained model in the ``save_pretrained`` layout (LoRA adapter, fusion, projector).
+
+    Called on every rank: under ZeRO-3 the trainable weights are gathered first; rank 0 writes.
+    """
+    import deepspeed
+
+    model = engine.module
+    gather = engine.zero_optimization_stage() == 3
+    with deepspeed.zero.GatheredParameters(list(model.trainable_parameters()), enabled=gather):
+        if rank_and_world()[0] == 0:
+            model.save_pretrained(uri, processor)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class MetricsWindow:
+    """Loss and throughput since the last report; rank 0 logs progress every ``log_every`` steps."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.losses: list[float] = []
+        self.samples = 0
+        self.tokens = 0
+        self.grad_norm: float | None = None
+        self.started = time.perf_counter()
+
+    def add(self, result: StepResult, state: TrainState) -> None:
+        self.losses.append(result.loss)
+        self.samples += result.num_samples
+        self.tokens += result.num_tokens
+        self.grad_norm = result.grad_norm
+        if state.step % self.cfg.log_every == 0 and rank_and_world()[0] == 0:
+            logger.info("[train] step %d/%d loss %.4f lr %.3g", state.step, self.cfg.max_steps, result.loss,
+                        lr_at(self.cfg, state.step - 1))
+
+    def metrics(self, state: TrainState) -> dict:
+        """Metrics of the window, averaged (loss) or summed (throughput) over all workers; resets it.
+
+        A collective: every rank must call it at the same step.
+        """
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        totals = torch.tensor(
+            [sum(self.losses), len(self.losses), self.samples, self.tokens], dtype=torch.float64, device=self.device
+        )
+        rank, world = rank_and_world()
+        if world > 1:
+            dist.all_reduce(totals)
+        loss_sum, n, samples, tokens = totals.tolist()
+        metrics = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "loss": loss_sum / max(n, 1),
+            "lr": lr_at(self.cfg, state.step - 1),
+            "grad_norm": self.grad_norm,
+            "samples_per_s": samples / elapsed,
+            "samples_per_s_per_worker": samples / elapsed / world,
+            "tokens_per_s": tokens / elapsed,
+            "samples_seen": state.samples_seen,
+            "tokens_seen": state.tokens_seen,
+            "resumed_from_step": state.resumed_from_step,
+        }
+        if rank == 0:
+            logger.info("[train] %s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+            append_metrics(self.cfg.metrics_uri, metrics)
+        self._reset()
+        return metrics
+
+
+def append_metrics(uri: str, metrics: dict) -> None:
+    """Adds one report to the run's metrics log (JSON lines, rewritten atomically).
+
+    Rows at or after ``metrics["step"]`` are dropped first: they came from an attempt that failed
+    after reporting them, and the resumed attempt reports those steps again.
+    """
+    rows = storage.read_jsonl(uri) if storage.exists(uri) else []
+    storage.write_jsonl(uri, [r for r in rows if r["step"] < metrics["step"]] + [metrics])
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
