@@ -10,6 +10,7 @@ model). Features come from precomputed token shards (``--tokens``) or, without i
 videos, which the actors decode and encode themselves. The same prompt builder and frame sampling
 as training are used. Writes ``predictions.jsonl``, ``summary.json``, ``summary.md``, ``plots/``
 and ``errors.jsonl`` (questions whose video or inference failed, with the reason) under ``--out``.
+Exits 1 only when every question failed.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_markdown(summaries, cfg.title or cfg.model, baseline))
     overall = ", ".join(f"{k} {s.overall_official:.1f} (lenient {s.overall_lenient:.1f})" for k, s in summaries.items())
     print(f"evaluated {len(rows)} questions ({len(errors)} failed) -> {cfg.out}: {overall}")
-    return 0
+    return 1 if errors and len(errors) == len(rows) else 0  # exit 1 only when every question failed
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ is loaded once per actor); each actor batch becomes one shard, written by the ac
 after its shard is written; re-running skips those videos (and first adopts shards an interrupted
 run wrote but did not list). Videos that fail go to ``errors.jsonl`` with the reason; the job goes
 on and they are tried again next run. Ends with a one-line summary; exit code 0, or 1 for bad
-arguments or a shard set made by another encoder.
+arguments, a shard set made by another encoder, or when every video failed.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
           f"shards{per_video} -> {out_dir} in {time.monotonic() - start:.1f} s", flush=True)  # fmt: skip
     if recorder.errors:
         print(f"[precompute_tokens] failures and reasons: {out_dir}/errors.jsonl", flush=True)
-    return 0
+    return 1 if recorder.errors and not n else 0  # exit 1 only when every video failed
 
 
 if __name__ == "__main__":
