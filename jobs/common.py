@@ -8,8 +8,13 @@ called ``ray.init()`` in-process keep their cluster.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import ray
+from tqdm import tqdm
+
+K = TypeVar("K")
 
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -44,3 +49,26 @@ def configure_data_context() -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.arrow_fixed_shape_tensor_format = FixedShapeTensorFormat.ARROW_NATIVE
     ctx.enable_progress_bars = True
+
+
+def run_tasks(
+    fn: Callable[..., Any], calls: Sequence[tuple[K, tuple]], num_cpus: float, desc: str
+) -> Iterator[tuple[K, Any, str | None]]:
+    """Runs ``fn(*args)`` as one Ray task per ``(key, args)`` and yields ``(key, result, error)``
+    as the tasks finish, with a progress bar.
+
+    Tasks are not retried: a task that raises, or whose worker dies, yields ``error`` (the
+    exception's type and message) and ``result`` None, and the others go on.
+    """
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
+    pending = {remote.remote(*args): key for key, args in calls}
+    with tqdm(total=len(pending), desc=desc, unit="task") as bar:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(ref)
+            try:
+                yield key, ray.get(ref), None
+            except ray.exceptions.RayError as e:  # the task raised, or its worker died
+                cause = getattr(e, "cause", None) or e
+                yield key, None, f"{type(cause).__name__}: {cause}"
+            bar.update(1)

@@ -22,9 +22,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import ray
-from tqdm import tqdm
-
 from datagen.readers import (
     READERS,
     convert_scene_logged,
@@ -36,7 +33,7 @@ from datagen.readers import (
     scene_split,
 )
 from datagen.scene import SPLITS
-from jobs.common import init_ray
+from jobs.common import init_ray, run_tasks
 from vlm3r_core import storage
 
 MANIFEST_FLUSH_S = 10.0  # rewrite the manifest at most this often while scenes complete
@@ -135,19 +132,9 @@ def _convert_all(cfg: ConvertScenesConfig, todo: list) -> Iterator[dict]:
     if not todo:
         return
     init_ray(cfg.address)
-    task = ray.remote(num_cpus=cfg.num_cpus_per_scene, max_retries=0)(convert_scene_logged)
-    pending = {
-        task.remote(cfg.dataset, source, cfg.out, split, cfg.frame_stride): source for source, split in todo
-    }
-    with tqdm(total=len(pending), desc=f"convert {cfg.dataset}", unit="scene") as bar:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            source = pending.pop(ref)
-            try:
-                yield ray.get(ref)
-            except ray.exceptions.RayError as e:  # the worker died (out of memory, node lost)
-                yield {"scene_id": source.scene_id, "source": source.uri, "error": f"{type(e).__name__}: {e}"}
-            bar.update(1)
+    calls = [(source, (cfg.dataset, source, cfg.out, split, cfg.frame_stride)) for source, split in todo]
+    for source, row, error in run_tasks(convert_scene_logged, calls, cfg.num_cpus_per_scene, f"convert {cfg.dataset}"):
+        yield row if error is None else {"scene_id": source.scene_id, "source": source.uri, "error": error}
 
 
 if __name__ == "__main__":

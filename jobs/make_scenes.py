@@ -20,9 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import ray
-from tqdm import tqdm
-
 from datagen.synthetic.batch import (
     ERRORS_FILE,
     MANIFEST_FILE,
@@ -36,7 +33,7 @@ from datagen.synthetic.batch import (
     write_manifest,
 )
 from datagen.synthetic.world import SyntheticConfig
-from jobs.common import init_ray
+from jobs.common import init_ray, run_tasks
 
 MANIFEST_FLUSH_S = 10.0  # rewrite the manifest at most this often while scenes complete
 
@@ -110,18 +107,9 @@ def _generate_all(cfg: MakeScenesConfig, todo: list[SceneTask]) -> Iterator[tupl
     if not todo:
         return
     init_ray(cfg.address)
-    remote = ray.remote(num_cpus=cfg.num_cpus_per_scene, max_retries=0)(run_scene_task)
-    pending = {remote.remote(cfg.out, task, cfg.scene): task for task in todo}
-    with tqdm(total=len(pending), desc="synthetic scenes", unit="scene") as bar:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(ref)
-            try:
-                yield task, ray.get(ref)
-            except ray.exceptions.RayError as e:  # the scene raised, or its worker died
-                cause = getattr(e, "cause", None) or e
-                yield task, f"{type(cause).__name__}: {cause}"
-            bar.update(1)
+    calls = [(task, (cfg.out, task, cfg.scene)) for task in todo]
+    for task, record, error in run_tasks(run_scene_task, calls, cfg.num_cpus_per_scene, "synthetic scenes"):
+        yield task, error or record
 
 
 if __name__ == "__main__":
