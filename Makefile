@@ -55,6 +55,9 @@ demo: os-packages $(VENV)/.installed
 		--tokens $(TOKENS) --out $(DATA)/eval/trained --title "trained tiny" --baseline $(DATA)/eval/untrained/summary.json
 	$(PY) -m serve_apps.demo_client --model $(DATA)/runs/tiny/model \
 		--video $(DATA)/scenes/synthetic/syn-000003/video.mp4 --question "How many chairs are in this room?"
+	@echo "demo done. Under $(DATA): scenes/synthetic (videos + scene.json), qa/ (benchmark + conversations),"
+	@echo "  tokens/tiny-112px-32f-vf (token shards), runs/tiny/model (trained model),"
+	@echo "  eval/untrained and eval/trained (summary.md, predictions.jsonl, plots/)"
 
 test: os-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15
