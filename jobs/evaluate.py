@@ -10,13 +10,16 @@ model). Features come from precomputed token shards (``--tokens``) or, without i
 videos, which the actors decode and encode themselves. The same prompt builder and frame sampling
 as training are used. Writes ``predictions.jsonl``, ``summary.json``, ``summary.md``, ``plots/``
 and ``errors.jsonl`` (questions whose video or inference failed, with the reason) under ``--out``.
-Exits 1 only when every question failed.
+An interrupted run resumes: answers are saved to ``_answers.partial.jsonl`` as they arrive, and a
+re-run with the same ``--out`` and ``--model`` answers only the rest (the file goes when the run
+completes). Exits 1 only when every question failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import ray
@@ -26,6 +29,9 @@ from vlm3r_core import storage
 from vlm3r_core.evaluation import read_benchmark, read_summary, score_predictions, write_report
 from vlm3r_core.inference import AnswerQuestions
 from vlm3r_core.metrics import summary_markdown
+
+PARTIAL_FILE = "_answers.partial.jsonl"  # answers so far, while a run is in progress
+PARTIAL_FLUSH_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,37 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         print(f"no benchmark rows in {cfg.benchmark}", file=sys.stderr)
         return 1
-    init_ray(cfg.address)
+    # Answers of an interrupted run into the same --out with the same model are kept, not recomputed.
+    partial = storage.join(cfg.out, PARTIAL_FILE)
+    answers = {}
+    if storage.exists(partial):
+        wanted = {r.id for r in rows}
+        answers = {
+            a["id"]: a
+            for a in storage.read_jsonl(partial)
+            if a["model"] == cfg.model and a["error"] is None and a["id"] in wanted
+        }
+    todo = [r for r in rows if r.id not in answers]
+    if answers:
+        print(f"resuming: {len(answers)} questions answered by an interrupted run, {len(todo)} to go")
+    if todo:
+        init_ray(cfg.address)
+        _answer_all(cfg, todo, answers, partial)
+    answered = {i: a["prediction"] for i, a in answers.items() if a["error"] is None}
+    errors = [{"id": i, "video_id": a["video_id"], "reason": a["error"]} for i, a in answers.items() if a["error"]]
+    records = score_predictions(rows, answered)
+    baseline = read_summary(cfg.baseline) if cfg.baseline else None
+    summaries = write_report(cfg.out, records, cfg.title or cfg.model, baseline)
+    storage.write_jsonl(storage.join(cfg.out, "errors.jsonl"), errors)
+    storage.remove(partial)
+    print(summary_markdown(summaries, cfg.title or cfg.model, baseline))
+    overall = ", ".join(f"{k} {s.overall_official:.1f} (lenient {s.overall_lenient:.1f})" for k, s in summaries.items())
+    print(f"evaluated {len(rows)} questions ({len(errors)} failed) -> {cfg.out}: {overall}")
+    return 1 if errors and len(errors) == len(rows) else 0  # exit 1 only when every question failed
+
+
+def _answer_all(cfg: EvalConfig, rows: list, answers: dict[str, dict], partial: str) -> None:
+    """Answers ``rows`` on an actor pool, adding to ``answers`` and saving them to ``partial`` as they come."""
     resources = {"num_gpus": 1, "num_cpus": 1} if cfg.gpu else {"num_cpus": 0.5}
     outputs = (
         ray.data.from_items([asdict(r) for r in rows])
@@ -91,18 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
             **resources,
         )
-        .take_all()
     )
-    answered = {o["id"]: o["prediction"] for o in outputs if o["error"] is None}
-    errors = [{"id": o["id"], "video_id": o["video_id"], "reason": o["error"]} for o in outputs if o["error"]]
-    records = score_predictions(rows, answered)
-    baseline = read_summary(cfg.baseline) if cfg.baseline else None
-    summaries = write_report(cfg.out, records, cfg.title or cfg.model, baseline)
-    storage.write_jsonl(storage.join(cfg.out, "errors.jsonl"), errors)
-    print(summary_markdown(summaries, cfg.title or cfg.model, baseline))
-    overall = ", ".join(f"{k} {s.overall_official:.1f} (lenient {s.overall_lenient:.1f})" for k, s in summaries.items())
-    print(f"evaluated {len(rows)} questions ({len(errors)} failed) -> {cfg.out}: {overall}")
-    return 1 if errors and len(errors) == len(rows) else 0  # exit 1 only when every question failed
+    flushed = time.monotonic()
+    for o in outputs.iter_rows():
+        answers[o["id"]] = {"id": o["id"], "video_id": o["video_id"], "prediction": o["prediction"], "error": o["error"], "model": cfg.model}
+        if time.monotonic() - flushed > PARTIAL_FLUSH_S:
+            storage.write_jsonl(partial, answers.values())
+            flushed = time.monotonic()
 
 
 if __name__ == "__main__":

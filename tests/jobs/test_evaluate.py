@@ -53,6 +53,20 @@ def test_evaluates_raw_videos_and_records_failed_videos(ray_local, tmp_path, vid
     assert (tmp_path / "eval" / "plots" / "overview_vsibench.png").stat().st_size > 1000
 
 
+def test_an_interrupted_run_resumes_with_the_answers_it_saved(ray_local, tmp_path, video):
+    out = str(tmp_path / "eval")
+    # What an interrupted run left: q0 answered (kept), q1 answered by another model (ignored).
+    storage.write_jsonl(out + "/_answers.partial.jsonl", [
+        {"id": "q0", "video_id": "synthetic/syn-0", "prediction": "2", "error": None, "model": "tiny"},
+        {"id": "q1", "video_id": "synthetic/syn-0", "prediction": "A", "error": None, "model": "other"},
+    ])
+    assert main(["--model", "tiny", "--benchmark", _benchmark(tmp_path, _rows(video)), "--out", out]) == 0
+    predictions = {p["id"]: p for p in storage.read_jsonl(out + "/predictions.jsonl")}
+    assert predictions["q0"]["prediction"] == "2" and predictions["q0"]["score_official"] == 1.0
+    assert predictions["q1"]["prediction"] == AnswerQuestions("tiny").answer([dict(_rows(video)[1], video_id="synthetic/syn-0")])[0][0]
+    assert not storage.exists(out + "/_answers.partial.jsonl")
+
+
 def test_token_shards_give_the_same_answers_as_raw_video(tmp_path, video):
     raw = AnswerQuestions("tiny")
     decoded = read_video(video, num_samples=raw.model.config.num_frames)
