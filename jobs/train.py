@@ -95,7 +95,8 @@ def build_dataset(cfg: TrainConfig) -> ray.data.Dataset:
     else:
         storage.remove(cfg.skipped_uri)
     fs, path = storage.pyarrow_filesystem(cfg.tokens_uri)
-    tokens = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"], columns=["video_id", *TOKEN_COLUMNS])
+    tokens = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"])
+    tokens = tokens.select_columns(["video_id", *TOKEN_COLUMNS])  # pushed down into the read
     return tokens.map_batches(join_conversations, fn_kwargs={"index": plan.index()}, batch_size=4, num_cpus=0.25)
 
 

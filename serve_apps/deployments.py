@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 
 VideoLimitError = VideoTooLongError  # over the frame-count or duration limit of the service
 
-# Submodules of Vlm3rForConditionalGeneration each deployment runs (``image_newline`` is a parameter).
+# Components of Vlm3rForConditionalGeneration each deployment builds and runs.
 ENCODER_PARTS = ("vision_tower", "cut3r")
-LANGUAGE_PARTS = ("fusion", "projector", "language_model")
+LANGUAGE_PARTS = ("fusion", "projector", "image_newline", "language_model")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from vlm3r_core.presets import PRESETS, get_preset
 from vlm3r_core.prompting import build_user_message
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
-from vlm3r_core.vlm import VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm import COMPONENTS, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
 def load_model(
@@ -30,21 +30,17 @@ def load_model(
 
     Args:
         device: where the model runs.
-        parts: keep only these submodules (e.g. ``("vision_tower", "cut3r")`` for a serving
-            replica that only encodes); the others are dropped on the CPU before the move, so a
-            GPU holds only its share of the network.
+        parts: build only these components (e.g. ``("vision_tower", "cut3r")`` for a serving
+            replica that only encodes; see ``from_config``); None builds the whole model.
     """
+    components = COMPONENTS if parts is None else tuple(parts)
     if source in PRESETS:
         config = get_preset(source)
-        model = Vlm3rForConditionalGeneration.from_config(config)
+        model = Vlm3rForConditionalGeneration.from_config(config, components=components)
         processor = Vlm3rProcessor.from_config(config)
     else:
-        model = Vlm3rForConditionalGeneration.from_pretrained(source)
+        model = Vlm3rForConditionalGeneration.from_pretrained(source, components=components)
         processor = Vlm3rProcessor.from_pretrained(source)
-    if parts is not None:
-        for name, _ in list(model.named_children()):
-            if name not in parts:
-                setattr(model, name, None)
     return model.to(device).eval(), processor
 
 

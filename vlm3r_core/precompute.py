@@ -181,18 +181,21 @@ def encoder_info(cfg: Vlm3rConfig, with_vision_features: bool, dtype: str = "flo
     )
 
 
-def load_frozen_encoders(cfg: Vlm3rConfig, device: torch.device) -> tuple[SiglipVisionModel, Cut3r]:
+def load_frozen_encoders(
+    cfg: Vlm3rConfig, device: torch.device, with_vision_features: bool = True
+) -> tuple[SiglipVisionModel | None, Cut3r]:
     """SigLIP (all but its last block) and CUT3R, built exactly as training and serving build them.
 
-    The whole VLM is built with ``from_config`` (its seeded random init makes presets without
-    weights, like ``tiny``, give the same encoders here as in training and serving), the SigLIP
-    and CUT3R base weights are loaded, and only those two modules are kept and moved to ``device``.
+    Only these parts of the VLM are built (``from_config(..., components=...)``, whose per-part
+    seeded init makes presets without weights, like ``tiny``, give the same encoders here as in
+    training and serving), with their base weights, on ``device``. SigLIP is None without
+    ``with_vision_features``.
     """
     from vlm3r_core.vlm import Vlm3rForConditionalGeneration
 
-    model = Vlm3rForConditionalGeneration.from_config(cfg, load_base_weights=False)
-    model.load_base_weights(("vision_tower", "cut3r"))
-    return model.vision_tower.to(device).eval(), model.cut3r.to(device).eval()
+    components = ("vision_tower", "cut3r") if with_vision_features else ("cut3r",)
+    model = Vlm3rForConditionalGeneration.from_config(cfg, device=device, components=components)
+    return model.vision_tower, model.cut3r
 
 
 class TokenEncoder:
@@ -215,7 +218,7 @@ class TokenEncoder:
             raise ValueError(f"encoder {encoder.name} does not match the model config of preset {cfg.name!r}")
         self.cfg, self.encoder, self.out_dir = cfg, encoder, out_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.vision_tower, self.cut3r = load_frozen_encoders(cfg, self.device)
+        self.vision_tower, self.cut3r = load_frozen_encoders(cfg, self.device, encoder.with_vision_features)
 
     @torch.inference_mode()
     def encode(self, videos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
 from vlm3r_core.train_data import TrainBatch
-from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm import COMPONENTS, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -214,15 +214,16 @@ def training_model_config(cfg: TrainConfig):
 def build_model_for_training(cfg: TrainConfig) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
     """The VLM with LoRA applied, only fusion + projector + newline + LoRA trainable, and its processor.
 
-    Only the LLM's base weights are loaded (with the projector init of a LLaVA-Video checkpoint):
-    the frozen encoders never run in training, their outputs come from the token shards. The
+    The frozen encoders are not built (they never run in training, their outputs come from the
+    token shards); the LLM's base weights are loaded (with the projector init of a LLaVA-Video
+    checkpoint). The
     LoRA init is seeded with ``cfg.seed`` on every rank (identical replicas); afterwards the seed
     is offset by the rank so dropout differs between workers.
     """
     vlm_config = training_model_config(cfg)
     seed_everything(cfg.seed)
-    model = Vlm3rForConditionalGeneration.from_config(vlm_config, load_base_weights=False)
-    model.load_base_weights(["language_model"])
+    trained_parts = [c for c in COMPONENTS if c not in ("vision_tower", "cut3r")]
+    model = Vlm3rForConditionalGeneration.from_config(vlm_config, components=trained_parts)
     model.apply_lora()
     model.to(cfg.dtype).train()
     seed_everything(cfg.seed + rank_and_world()[0])

@@ -49,12 +49,13 @@ from vlm3r_core.vlm.config import Vlm3rConfig
 from vlm3r_core.vlm.processor import IGNORE_INDEX, FramePixels
 from vlm3r_core.vlm.tokenizer import load_tokenizer
 
-__all__ = ["VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
+__all__ = ["COMPONENTS", "VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ADAPTER_DIR = "adapter"
 TOKENIZER_DIR = "tokenizer"
+COMPONENTS = ("vision_tower", "cut3r", "fusion", "projector", "image_newline", "language_model")
 BASE_COMPONENTS = ("vision_tower", "cut3r", "language_model")
 TRAINABLE_PREFIXES = ("fusion.", "projector.", "image_newline")
 
@@ -155,50 +156,79 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-class Vlm3rForConditionalGeneration(nn.Module):
-    """The VLM-3R model. Build it with ``from_config`` or ``from_pretrained``.
-
-    Submodules (their names are checkpoint keys): ``vision_tower`` (SigLIP, all but the last block),
-    ``cut3r``, ``fusion``, ``projector``, ``image_newline`` (D,), ``language_model`` (Qwen2, a
-    ``PeftModel`` after ``apply_lora``).
-    """
-
-    def __init__(self, config: Vlm3rConfig):
-        super().__init__()
-        self.config = config
+def _build_component(config: Vlm3rConfig, name: str) -> nn.Module | nn.Parameter:
+    """One part of the model (a name in ``COMPONENTS``), randomly initialised."""
+    if name == "vision_tower":
         vision = dict(
             config.vision, num_hidden_layers=config.vision["num_hidden_layers"] - 1, vision_use_head=False
         )
-        self.vision_tower = SiglipVisionModel(SiglipVisionConfig(**vision))
-        self.vision_tower.post_layernorm = nn.Identity()  # features are taken before it (penultimate layer)
-        self.cut3r = Cut3r.from_config(config.cut3r)
-        self.fusion = SpatialFusion(
+        tower = SiglipVisionModel(SiglipVisionConfig(**vision))
+        tower.post_layernorm = nn.Identity()  # features are taken before it (penultimate layer)
+        return tower
+    if name == "cut3r":
+        return Cut3r.from_config(config.cut3r)
+    if name == "fusion":
+        return SpatialFusion(
             config.vision_dim,
             config.spatial_dim,
             config.fusion_num_heads,
             config.fusion_variant,
             config.fusion_dropout,
         )
-        self.projector = Vlm3rProjector(config.vision_dim, config.text_dim)
-        self.image_newline = nn.Parameter(torch.randn(config.text_dim) / math.sqrt(config.text_dim))
-        self.language_model = Qwen2ForCausalLM(Qwen2Config(**config.text))
+    if name == "projector":
+        return Vlm3rProjector(config.vision_dim, config.text_dim)
+    if name == "image_newline":
+        return nn.Parameter(torch.randn(config.text_dim) / math.sqrt(config.text_dim))
+    return Qwen2ForCausalLM(Qwen2Config(**config.text))  # "language_model"
+
+
+class Vlm3rForConditionalGeneration(nn.Module):
+    """The VLM-3R model. Build it with ``from_config`` or ``from_pretrained``.
+
+    Submodules (their names are checkpoint keys): ``vision_tower`` (SigLIP, all but the last block),
+    ``cut3r``, ``fusion``, ``projector``, ``image_newline`` (D,), ``language_model`` (Qwen2, a
+    ``PeftModel`` after ``apply_lora``). A model built with only some ``components`` holds None for
+    the others, and a method that needs a missing one raises ``ValueError`` naming it.
+    """
+
+    def __init__(self, config: Vlm3rConfig, components: Sequence[str] = COMPONENTS):
+        super().__init__()
+        unknown = sorted(set(components) - set(COMPONENTS))
+        if unknown or not components:
+            raise ValueError(f"components must be a non-empty subset of {COMPONENTS}, got {components}")
+        self.config = config
+        for index, name in enumerate(COMPONENTS):
+            if name in components:
+                # Each part has its own seed, so its init does not depend on which others are built.
+                torch.manual_seed(config.seed * len(COMPONENTS) + index)
+                setattr(self, name, _build_component(config, name))
+            else:
+                setattr(self, name, None)
         self.lora_merged = False
 
     # Construction ----------------------------------------------------------------------------------
 
     @classmethod
     def from_config(
-        cls, config: Vlm3rConfig, *, device: str | torch.device | None = None, load_base_weights: bool = True
+        cls,
+        config: Vlm3rConfig,
+        *,
+        device: str | torch.device | None = None,
+        load_base_weights: bool = True,
+        components: Sequence[str] = COMPONENTS,
     ) -> Vlm3rForConditionalGeneration:
         """Builds the model with seeded random weights in ``config.dtype``, encoders and LLM frozen.
 
         The random init always runs on the CPU (so a model without base weights, like ``tiny``,
-        is the same on every machine and device); the model then moves to ``device``.
+        is the same on every machine and device); the model then moves to ``device``. Each
+        component is seeded on its own, so it gets the same weights whichever others are built.
 
         Args:
             device: where the model ends up ("meta" builds shapes only, e.g. to count parameters).
             load_base_weights: load SigLIP / Qwen2 / CUT3R from ``config.vision_weights``,
                 ``llm_weights``, ``cut3r_weights`` where set (skipped on "meta").
+            components: the parts to build (names in ``COMPONENTS``), e.g. ``("vision_tower",
+                "cut3r")`` for the frozen encoders only; the others are None.
         """
         meta = device is not None and torch.device(device).type == "meta"
         with (
@@ -206,14 +236,13 @@ class Vlm3rForConditionalGeneration(nn.Module):
             _default_dtype(config.torch_dtype),
             torch.device("meta" if meta else "cpu"),
         ):
-            torch.manual_seed(config.seed)
-            model = cls(config)
-        model.vision_tower.requires_grad_(False)
-        model.cut3r.requires_grad_(False)
-        model.language_model.requires_grad_(False)
+            model = cls(config, components)
+        for frozen in (model.vision_tower, model.cut3r, model.language_model):
+            if frozen is not None:
+                frozen.requires_grad_(False)
         model.train(False)
         if load_base_weights and not meta:
-            model.load_base_weights()
+            model.load_base_weights([c for c in BASE_COMPONENTS if c in components])
         return model.to(device) if device is not None and not meta else model
 
     def load_base_weights(self, components: Sequence[str] = BASE_COMPONENTS) -> None:
@@ -224,12 +253,13 @@ class Vlm3rForConditionalGeneration(nn.Module):
         the transformers (``llava-hf``) or the original LLaVA layout, which also provides the
         projector init and the newline token. CUT3R loads with ``Cut3r.from_pretrained``.
         """
+        self._require(components, "load_base_weights")
         refs = {"vision_tower": self.config.vision_weights, "language_model": self.config.llm_weights}
         wanted = {c for c in components if c in refs and refs[c] is not None}
         for ref in sorted({refs[c] for c in wanted}):
             parts = {c for c in wanted if refs[c] == ref}
-            if "language_model" in parts:
-                parts |= {"projector", "image_newline"}  # optional: LLaVA checkpoints hold them
+            if "language_model" in parts:  # optional: LLaVA checkpoints hold them
+                parts |= {c for c in ("projector", "image_newline") if getattr(self, c) is not None}
             loaded = self._load_hf_checkpoint(ref, parts)
             for c in wanted & parts:
                 if c not in loaded:
@@ -278,6 +308,20 @@ class Vlm3rForConditionalGeneration(nn.Module):
             state[key.replace(".base_layer.", ".")] = tensor.data
         return state
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The parts this model was built with (names in ``COMPONENTS``)."""
+        return tuple(c for c in COMPONENTS if getattr(self, c) is not None)
+
+    def _require(self, needed: Sequence[str], what: str) -> None:
+        """Raises ``ValueError`` naming the parts in ``needed`` this model was built without."""
+        missing = [c for c in needed if getattr(self, c) is None]
+        if missing:
+            raise ValueError(
+                f"{what} needs the {', '.join(missing)} component(s); this model was built with "
+                f"components={self.components} (pass them to from_config / from_pretrained)"
+            )
+
     # Encoders --------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -290,6 +334,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         Returns:
             ``VideoFeatures`` with zeros at padding frames.
         """
+        self._require(("vision_tower", "cut3r"), "encode_frames")
         mask = pixels.frame_mask.to(self.device, torch.bool)
         dtype = self.config.torch_dtype
         siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
@@ -314,6 +359,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             B tensors (T_b * h * (h + 1), D), frame-major, rows of h tokens each followed by the
             newline token.
         """
+        self._require(("fusion", "projector", "image_newline"), "embed_video")
         cfg = self.config
         mask = features.frame_mask.to(self.device, torch.bool)
         dtype = cfg.torch_dtype
@@ -406,6 +452,10 @@ class Vlm3rForConditionalGeneration(nn.Module):
     def _videos(self, features: VideoFeatures | None, pixels: FramePixels | None) -> list[torch.Tensor]:
         if (features is None) == (pixels is None):
             raise ValueError("pass exactly one of features= (precomputed) or pixels= (raw frames)")
+        needed = ("fusion", "projector", "image_newline", "language_model")
+        if pixels is not None:
+            needed = ("vision_tower", "cut3r", *needed)
+        self._require(needed, "forward / generate" if pixels is None else "forward / generate with pixels=")
         return self.embed_video(self.encode_frames(pixels) if features is None else features)
 
     def forward(
@@ -480,6 +530,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
     def _lm(self) -> Qwen2ForCausalLM:
         """The Qwen2 model (inside the LoRA wrapper when applied; LoRA layers stay active)."""
+        self._require(("language_model",), "the language model")
         lm = self.language_model
         return lm.get_base_model() if isinstance(lm, PeftModel) else lm
 
@@ -493,6 +544,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         Defaults come from the config (r 128, alpha 256, dropout 0.05 for ``vlm3r-7b``); values
         given here are written back into ``self.config``.
         """
+        self._require(("language_model",), "apply_lora")
         if isinstance(self.language_model, PeftModel):
             raise ValueError("LoRA is already applied")
         self.config = self.config.replace(
@@ -537,7 +589,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.image_newline.device
+        return next(self.parameters()).device
 
     # Save / load -----------------------------------------------------------------------------------
 
@@ -548,14 +600,21 @@ class Vlm3rForConditionalGeneration(nn.Module):
         which parts are stored), ``model.safetensors`` (fusion, projector, newline, and the base
         components without a weight reference: all of them for ``tiny``, the LLM after
         ``merge_and_unload``), ``adapter/`` (peft LoRA adapter) and ``tokenizer/``.
+
+        The frozen encoders may be missing (a training model): they are not stored, and
+        ``from_pretrained`` rebuilds them from the config (weight reference or seeded init), as
+        ``from_config`` would. Every other component holds trained state and must be present.
         """
+        self._require(("fusion", "projector", "image_newline", "language_model"), "save_pretrained")
         refs = {
             "vision_tower": self.config.vision_weights,
             "language_model": self.config.llm_weights,
             "cut3r": self.config.cut3r_weights,
         }
         stored = [
-            c for c in BASE_COMPONENTS if refs[c] is None or (c == "language_model" and self.lora_merged)
+            c
+            for c in self.components
+            if c in BASE_COMPONENTS and (refs[c] is None or (c == "language_model" and self.lora_merged))
         ]
         tensors = {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
         for component in stored:
@@ -579,16 +638,19 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, uri: str, device: str | torch.device | None = None
+        cls, uri: str, device: str | torch.device | None = None, components: Sequence[str] = COMPONENTS
     ) -> Vlm3rForConditionalGeneration:
-        """Loads a model written by ``save_pretrained`` (or by ``vlm3r_core.vlm.convert``)."""
+        """Loads a model written by ``save_pretrained`` (or by ``vlm3r_core.vlm.convert``).
+
+        ``components`` picks the parts to build and load, as in ``from_config``.
+        """
         meta = _read_meta(uri)
         config = Vlm3rConfig.from_dict(meta["config"])
-        stored = set(meta["stored_components"])
-        model = cls.from_config(config, load_base_weights=False)
-        model.load_base_weights([c for c in BASE_COMPONENTS if c not in stored])
+        stored = {c for c in meta["stored_components"] if c in components}
+        model = cls.from_config(config, load_base_weights=False, components=components)
+        model.load_base_weights([c for c in BASE_COMPONENTS if c in components and c not in stored])
         tensors = safetensors.torch.load(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
-        for component in ("fusion", "projector", *stored):
+        for component in [c for c in ("fusion", "projector") if c in components] + sorted(stored):
             target = (
                 model._component_state(component)
                 if component in BASE_COMPONENTS
@@ -604,10 +666,10 @@ class Vlm3rForConditionalGeneration(nn.Module):
             with torch.no_grad():
                 for k, v in given.items():
                     target[k].copy_(v)
-        if "image_newline" in tensors:
+        if "image_newline" in tensors and "image_newline" in components:
             with torch.no_grad():
                 model.image_newline.copy_(tensors["image_newline"])
-        if meta["lora"]:
+        if meta["lora"] and "language_model" in components:
             model.apply_lora()
             adapter = safetensors.torch.load(
                 storage.read_bytes(storage.join(uri, ADAPTER_DIR, "adapter_model.safetensors"))
