@@ -83,7 +83,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         kind = {"str": str, "int": int, "float": float, "int | None": int, "float | None": float}[field.type]
         parser.add_argument(flag, dest=field.name, type=kind, required=required, default=None if required else field.default,
                             help=helps[field.name] + ("" if required else " (default: %(default)s)"))
-    return TrainConfig(**vars(parser.parse_args(argv)))
+    args = vars(parser.parse_args(argv))
+    for name in ("qa_uri", "tokens_uri", "out_uri"):  # workers run in their own directory
+        args[name] = storage.absolute(args[name])
+    return TrainConfig(**args)
 
 
 def build_dataset(cfg: TrainConfig) -> ray.data.Dataset:

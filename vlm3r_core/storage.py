@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
+    "absolute",
     "exists",
     "filesystem",
     "is_remote",
@@ -79,6 +80,15 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
     _, path = filesystem(uri)
     return pafs.LocalFileSystem(), path
+
+
+def absolute(uri: str) -> str:
+    """The URI with a local path made absolute (remote URIs unchanged).
+
+    Ray Train workers run in their own working directory, so relative paths must be resolved on
+    the driver before they are handed to workers.
+    """
+    return uri if is_remote(uri) else filesystem(uri)[1]
 
 
 def join(uri: str, *parts: str) -> str:

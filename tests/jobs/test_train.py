@@ -58,10 +58,12 @@ def write_inputs(root: str) -> tuple[str, str]:
     return qa, tokens
 
 
-def test_parse_args_maps_every_flag_onto_the_config():
-    cfg = train.parse_args(["--qa", "q", "--tokens", "t", "--out", "o", "--gpu", "--zero-stage", "3",
+def test_parse_args_maps_every_flag_onto_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative local paths are resolved here, not in the workers' directory
+    cfg = train.parse_args(["--qa", "q", "--tokens", "s3://b/t", "--out", "o", "--gpu", "--zero-stage", "3",
                             "--max-steps", "7", "--lr", "1e-4", "--fail-at-step", "7", "--checkpoint-every", "2"])
-    assert (cfg.qa_uri, cfg.tokens_uri, cfg.out_uri, cfg.use_gpu, cfg.zero_stage) == ("q", "t", "o", True, 3)
+    assert (cfg.qa_uri, cfg.tokens_uri, cfg.out_uri) == (f"{tmp_path}/q", "s3://b/t", f"{tmp_path}/o")
+    assert (cfg.use_gpu, cfg.zero_stage) == (True, 3)
     assert (cfg.max_steps, cfg.lr, cfg.fail_at_step, cfg.lora_r) == (7, 1e-4, 7, None)
     with pytest.raises(SystemExit):
         train.parse_args(["--qa", "q", "--tokens", "t"])

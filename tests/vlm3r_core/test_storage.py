@@ -54,6 +54,13 @@ def test_missing_and_invalid_files_name_the_uri(root):
         storage.read_jsonl(storage.join(root, "bad.jsonl"))
 
 
+def test_absolute_resolves_local_paths_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("data/x") == f"{tmp_path}/data/x"
+    assert storage.absolute(f"file://{tmp_path}/y") == f"{tmp_path}/y"
+    assert storage.absolute("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
 def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
     target = tmp_path / "out.bin"
     storage.write_bytes(str(target), b"old")
