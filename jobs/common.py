@@ -42,13 +42,11 @@ def configure_data_context() -> None:
     """Ray Data settings every job uses.
 
     Tensor columns are written as the standard ``arrow.fixed_shape_tensor`` extension type so any
-    pyarrow reader (without Ray) opens our shards; progress bars stay on.
+    pyarrow reader (without Ray) opens our shards.
     """
     from ray.data._internal.tensor_extensions.arrow import FixedShapeTensorFormat
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.arrow_fixed_shape_tensor_format = FixedShapeTensorFormat.ARROW_NATIVE
-    ctx.enable_progress_bars = True
+    ray.data.DataContext.get_current().arrow_fixed_shape_tensor_format = FixedShapeTensorFormat.ARROW_NATIVE
 
 
 def run_tasks(
