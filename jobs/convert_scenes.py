@@ -12,6 +12,10 @@ lists in ``--splits-dir`` (ScanNet ``scannetv2_*.txt``, ScanNet++ ``nvs_sem_*.tx
 ``<out>/scenes/<dataset>/manifest.jsonl`` lists the converted scenes (a re-run skips them);
 ``errors.jsonl`` beside it lists the scenes that failed in the last run, with the reason. Exits 1
 when every scene of the run failed (as every job does), else 0.
+
+ARKitScenes: ``--arkitscenes-metadata <3dod>/metadata.csv`` turns each video's frames upright by its
+``sky_direction`` (poses, intrinsics and 2D boxes follow); a video missing from that file fails.
+Without it the frames stay as recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 from datagen.readers import (
     READERS,
+    SourceScene,
     convert_scene_logged,
     errors_uri,
     list_source_scenes,
@@ -32,6 +37,7 @@ from datagen.readers import (
     read_manifest,
     scene_split,
 )
+from datagen.readers.arkitscenes import read_sky_directions
 from datagen.scene import SPLITS
 from jobs.common import init_ray, run_tasks
 from vlm3r_core import storage
@@ -50,6 +56,7 @@ class ConvertScenesConfig:
     limit: int | None = None
     num_cpus_per_scene: float = 0.5
     address: str | None = None
+    arkitscenes_metadata: str | None = None  # metadata.csv: sky_direction turns frames upright
 
     def __post_init__(self):
         if self.dataset not in READERS:
@@ -62,6 +69,8 @@ class ConvertScenesConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if not self.num_cpus_per_scene > 0:
             raise ValueError(f"num_cpus_per_scene must be > 0, got {self.num_cpus_per_scene}")
+        if self.arkitscenes_metadata is not None and self.dataset != "arkitscenes":
+            raise ValueError(f"arkitscenes_metadata applies to --dataset arkitscenes, not {self.dataset!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> ConvertScenesConfig:
@@ -75,6 +84,10 @@ def parse_args(argv: list[str] | None = None) -> ConvertScenesConfig:
     p.add_argument("--limit", type=int, help="convert at most this many scenes (the first by id)")
     p.add_argument("--num-cpus-per-scene", type=float, default=0.5)
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument(
+        "--arkitscenes-metadata",
+        help="URI of ARKitScenes metadata.csv: turn each video's frames upright by its sky_direction",
+    )
     a = p.parse_args(argv)
     return ConvertScenesConfig(
         a.dataset,
@@ -86,6 +99,7 @@ def parse_args(argv: list[str] | None = None) -> ConvertScenesConfig:
         a.limit,
         a.num_cpus_per_scene,
         a.address,
+        a.arkitscenes_metadata,
     )
 
 
@@ -96,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert_scenes: no {cfg.dataset} scenes under {cfg.source}", file=sys.stderr)
         return 1
     official = official_splits(cfg.dataset, cfg.splits_dir) if cfg.splits_dir else None
+    skies = read_sky_directions(cfg.arkitscenes_metadata) if cfg.arkitscenes_metadata else None
     manifest = read_manifest(cfg.out, cfg.dataset)
     done_before = sum(1 for s in sources if s.scene_id in manifest)
     errors, todo = [], []
@@ -103,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if source.scene_id in manifest:
             continue
         try:
-            todo.append((source, scene_split(source, official, cfg.split)))
+            todo.append(
+                (source, scene_split(source, official, cfg.split), _sky_direction(cfg, skies, source))
+            )
         except ValueError as e:
             errors.append({"scene_id": source.scene_id, "source": source.uri, "error": f"ValueError: {e}"})
 
@@ -127,13 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors and not converted else 0  # exit 1 only when every scene failed
 
 
+def _sky_direction(cfg: ConvertScenesConfig, skies: dict[str, str] | None, source: SourceScene) -> str | None:
+    """The video's ``sky_direction`` from ``--arkitscenes-metadata`` (``None`` without it)."""
+    if skies is None:
+        return None
+    if source.scene_id not in skies:
+        raise ValueError(f"scene {source.scene_id!r} is not in {cfg.arkitscenes_metadata}")
+    return skies[source.scene_id]
+
+
 def _convert_all(cfg: ConvertScenesConfig, todo: list) -> Iterator[dict]:
     """One Ray task per scene; yields manifest or error rows as the tasks finish."""
     if not todo:
         return
     init_ray(cfg.address)
-    calls = [(source, (cfg.dataset, source, cfg.out, split, cfg.frame_stride)) for source, split in todo]
-    for source, row, error in run_tasks(convert_scene_logged, calls, cfg.num_cpus_per_scene, f"convert {cfg.dataset}"):
+    calls = [
+        (source, (cfg.dataset, source, cfg.out, split, cfg.frame_stride, sky)) for source, split, sky in todo
+    ]
+    for source, row, error in run_tasks(
+        convert_scene_logged, calls, cfg.num_cpus_per_scene, f"convert {cfg.dataset}"
+    ):
         yield row if error is None else {"scene_id": source.scene_id, "source": source.uri, "error": error}
 
 

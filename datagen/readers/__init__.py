@@ -69,7 +69,12 @@ def _check_dataset(dataset: str) -> None:
 
 
 def read_source_scene(
-    dataset: str, source_dir: str, scene_id: str, split: str, frame_stride: int = 1
+    dataset: str,
+    source_dir: str,
+    scene_id: str,
+    split: str,
+    frame_stride: int = 1,
+    sky_direction: str | None = None,
 ) -> ReadResult:
     """Reads one source scene folder into the scene contract.
 
@@ -80,6 +85,8 @@ def read_source_scene(
         scene_id: the scene's name in its dataset.
         split: ``train``, ``val`` or ``test``.
         frame_stride: keep every k-th source frame (ScanNet++ iPhone video is 60 fps).
+        sky_direction: ARKitScenes only: ``metadata.csv``'s ``sky_direction`` of the video, which
+            turns its frames upright (``None``: frames as recorded).
 
     Raises:
         SourceFormatError: a malformed or truncated source file (the message names it).
@@ -90,7 +97,12 @@ def read_source_scene(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if frame_stride < 1:
         raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
-    result = READERS[dataset](source_dir, scene_id, split, frame_stride)
+    if sky_direction is None:
+        result = READERS[dataset](source_dir, scene_id, split, frame_stride)
+    elif dataset == "arkitscenes":
+        result = arkitscenes.read_scene(source_dir, scene_id, split, frame_stride, sky_direction)
+    else:
+        raise ValueError(f"sky_direction applies to arkitscenes only, not {dataset!r}")
     logger.info(
         "%s/%s: %d frames (%d dropped), %d objects", dataset, scene_id, len(result.scene.frames),
         result.frames_dropped, len(result.scene.objects),
@@ -109,14 +121,20 @@ class ConvertedScene:
 
 
 def convert_scene(
-    dataset: str, source_uri: str, out_root: str, scene_id: str, split: str, frame_stride: int = 1
+    dataset: str,
+    source_uri: str,
+    out_root: str,
+    scene_id: str,
+    split: str,
+    frame_stride: int = 1,
+    sky_direction: str | None = None,
 ) -> ConvertedScene:
     """Reads a source scene and writes its folder under ``<out_root>/scenes/<dataset>/<scene_id>/``.
 
     The kept frames are encoded one at a time into ``video.mp4`` (H.264), then ``scene.json`` is
     written; returns what was written.
     """
-    result = read_source_scene(dataset, source_uri, scene_id, split, frame_stride)
+    result = read_source_scene(dataset, source_uri, scene_id, split, frame_stride, sky_direction)
     folder = scene_dir(out_root, dataset, scene_id)
     written = write_video_stream(
         storage.join(folder, VIDEO_FILE), iter_video_frames(result), result.scene.video.fps
@@ -268,7 +286,12 @@ def read_manifest(out_root: str, dataset: str) -> dict[str, dict]:
 
 
 def convert_scene_logged(
-    dataset: str, source: SourceScene, out_root: str, split: str, frame_stride: int = 1
+    dataset: str,
+    source: SourceScene,
+    out_root: str,
+    split: str,
+    frame_stride: int = 1,
+    sky_direction: str | None = None,
 ) -> dict:
     """Converts one scene and returns its manifest row, or an error row ``{scene_id, source, error}``.
 
@@ -276,7 +299,9 @@ def convert_scene_logged(
     """
     start = time.monotonic()
     try:
-        done = convert_scene(dataset, source.uri, out_root, source.scene_id, split, frame_stride)
+        done = convert_scene(
+            dataset, source.uri, out_root, source.scene_id, split, frame_stride, sky_direction
+        )
     except Exception as e:  # noqa: BLE001 - recorded with its reason, the batch goes on
         logger.warning("%s/%s failed: %s: %s", dataset, source.scene_id, type(e).__name__, e)
         return {"scene_id": source.scene_id, "source": source.uri, "error": f"{type(e).__name__}: {e}"}

@@ -72,6 +72,9 @@ class ReadResult:
             become the scene's video frames, in order.
         source_video_frames: see ``source_video``.
         objects_skipped: annotated instances left out (no geometry or an invalid box).
+        quarter_turns: every source image is turned by ``np.rot90(image, quarter_turns)``
+            (counter-clockwise quarter turns) before it becomes a video frame; the frames' cameras
+            already describe the turned image (ARKitScenes frames turned upright).
     """
 
     scene: Scene
@@ -81,8 +84,13 @@ class ReadResult:
     source_video: str | None = None
     source_video_frames: tuple[int, ...] = ()
     objects_skipped: int = 0
+    quarter_turns: int = 0
 
     def __post_init__(self):
+        if self.quarter_turns not in (0, 1, 2, 3):
+            raise ValueError(
+                f"scene {self.scene.scene_id!r}: quarter_turns must be 0..3, got {self.quarter_turns}"
+            )
         n = len(self.scene.frames)
         sources = len(self.frame_images) if self.source_video is None else len(self.source_video_frames)
         if sources != n:
@@ -569,6 +577,7 @@ class SourceFrame:
     cam_to_world: np.ndarray  # (4, 4), may be non-finite
     intrinsics: Intrinsics
     image: str | int  # image URI, or frame number in the source video
+    visible: tuple[Visibility, ...] | None = None  # from the source's own instance mask; None: ray-cast
 
 
 def assemble_frames(
@@ -582,7 +591,8 @@ def assemble_frames(
     """Keeps candidates with a finite pose, numbers them 0.. as video frames and adds visibility.
 
     Dropped frames are counted in ``drop_reasons[DROP_NON_FINITE_POSE]``. Timestamps are video
-    time, ``index / fps``.
+    time, ``index / fps``. Visibility is the candidate's own (from the source's instance masks)
+    when it has one, else ``renderer`` ray-casts it.
 
     Returns:
         (frames, kept candidates), in video order.
@@ -599,7 +609,9 @@ def assemble_frames(
                 timestamp=index / fps,
                 cam_to_world=cand.cam_to_world,
                 intrinsics=cand.intrinsics,
-                visible=renderer.visible(cand.cam_to_world, cand.intrinsics, width, height),
+                visible=cand.visible
+                if cand.visible is not None
+                else renderer.visible(cand.cam_to_world, cand.intrinsics, width, height),
             )
         )
         kept.append(cand)
@@ -612,11 +624,12 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 
 
 def iter_video_frames(result: ReadResult) -> Iterator[np.ndarray]:
-    """Yields the scene's video frames, (H, W, 3) uint8, in order, cropped to the video size."""
+    """Yields the scene's video frames, (H, W, 3) uint8, in order: each image turned by
+    ``result.quarter_turns``, then cropped to the video size."""
     w, h = result.scene.video.width, result.scene.video.height
     if result.source_video is None:
         for uri in result.frame_images:
-            img = read_image(uri)
+            img = np.rot90(read_image(uri), result.quarter_turns)
             # the video is the image, less the last row/column of an odd side
             if img.shape[0] - h not in (0, 1) or img.shape[1] - w not in (0, 1):
                 raise SourceFormatError(
@@ -624,17 +637,21 @@ def iter_video_frames(result: ReadResult) -> Iterator[np.ndarray]:
                 )
             yield np.ascontiguousarray(img[:h, :w])
         return
-    yield from _decode_video_frames(result.source_video, result.source_video_frames, w, h)
+    yield from _decode_video_frames(
+        result.source_video, result.source_video_frames, w, h, result.quarter_turns
+    )
 
 
-def _decode_video_frames(uri: str, wanted: Sequence[int], width: int, height: int) -> Iterator[np.ndarray]:
+def _decode_video_frames(
+    uri: str, wanted: Sequence[int], width: int, height: int, quarter_turns: int = 0
+) -> Iterator[np.ndarray]:
     wanted_set, remaining = set(wanted), len(set(wanted))
     source = io.BytesIO(storage.read_bytes(uri)) if storage.is_remote(uri) else storage.filesystem(uri)[1]
     try:
         with av.open(source, mode="r") as container:
             for number, frame in enumerate(container.decode(video=0)):
                 if number in wanted_set:
-                    img = frame.to_ndarray(format="rgb24")
+                    img = np.rot90(frame.to_ndarray(format="rgb24"), quarter_turns)
                     yield np.ascontiguousarray(img[:height, :width])
                     remaining -= 1
                     if remaining == 0:
@@ -686,10 +703,12 @@ def build_result(
     drop_reasons: Counter,
     source_video: str | None = None,
     extra: dict[str, Any] | None = None,
+    quarter_turns: int = 0,
 ) -> ReadResult:
     """Assembles frames (dropping non-finite poses), the video description and the scene.
 
     ``drop_reasons`` may already count frames the reader left out (no pose for an image, ...).
+    ``image_width`` x ``image_height`` is the size after ``quarter_turns`` (see :class:`ReadResult`).
     The scene records where it came from under ``extra["source"]``.
     """
     width, height = even_size(image_width, image_height)
@@ -712,6 +731,10 @@ def build_result(
         "frames_dropped": dropped,
         "drop_reasons": dict(drop_reasons),
         "objects_skipped": objects_skipped,
+        "visibility": {  # where each kept frame's ``visible`` came from
+            "instance_masks": sum(cand.visible is not None for cand in kept),
+            "ray_cast": sum(cand.visible is None for cand in kept),
+        },
         **(extra or {}),
     }
     scene = Scene(
@@ -732,4 +755,5 @@ def build_result(
         source_video=source_video,
         source_video_frames=tuple(int(c.image) for c in kept) if source_video is not None else (),
         objects_skipped=objects_skipped,
+        quarter_turns=quarter_turns,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datagen" / "readers"))
 
+import pytest  # noqa: E402
 import source_fixtures as sf  # noqa: E402
 
 from datagen.readers import errors_uri, read_manifest  # noqa: E402
@@ -67,3 +68,37 @@ def test_convert_scenes_records_failures_and_resumes(ray_local, moto_s3, tmp_pat
     assert (
         "2 scannet scenes converted (1 already done, 0 failed, 2 frames dropped)" in capsys.readouterr().out
     )
+
+
+def test_convert_arkitscenes_turns_frames_upright_by_metadata(ray_local, tmp_path, capsys):
+    fold = tmp_path / "3dod" / "Validation"
+    sf.write_arkit_scene(fold, "41069025", sky_direction="Left")
+    sf.write_arkit_scene(fold, "41069026")  # not in metadata.csv
+    metadata = tmp_path / "3dod" / "metadata.csv"
+    metadata.write_text("video_id,visit_id,fold,sky_direction\n41069025,421035,Validation,Left\n")
+    out = str(tmp_path / "out")
+    source = ["--dataset", "arkitscenes", "--source", str(tmp_path / "3dod"), "--out", out]
+
+    assert main([*source, "--arkitscenes-metadata", str(metadata)]) == 0
+    (row,) = read_manifest(out, "arkitscenes").values()
+    scene = read_scene(row["uri"])
+    assert (scene.scene_id, scene.video.width, scene.video.height) == ("41069025", 24, 32)  # portrait
+    assert scene.extra["source"]["sky_direction"] == "Left"
+    assert read_video(scene.video_uri(row["uri"]), num_samples=3).frames.shape[1:3] == (32, 24)
+    (error,) = storage.read_jsonl(errors_uri(out, "arkitscenes"))
+    assert error["scene_id"] == "41069026" and f"is not in {metadata}" in error["error"]
+    assert "1 arkitscenes scenes converted (0 already done, 1 failed" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="arkitscenes_metadata applies to --dataset arkitscenes"):
+        main(
+            [
+                "--dataset",
+                "scannet",
+                "--source",
+                str(tmp_path),
+                "--out",
+                out,
+                "--arkitscenes-metadata",
+                "m.csv",
+            ]
+        )

@@ -8,7 +8,9 @@ stand in the room corners at 1.5 m and look at the table. Images are 32 x 24 sol
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -94,9 +96,9 @@ def write_ply(path: Path, verts: np.ndarray, tris: np.ndarray, binary: bool = Tr
         path.write_text(header + "\n".join(rows) + "\n")
 
 
-def write_image(path: Path, colour: tuple[int, int, int]) -> None:
+def write_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (WIDTH, HEIGHT)) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((HEIGHT, WIDTH, 3), colour, dtype=np.uint8)).save(path)
+    Image.fromarray(np.full((size[1], size[0], 3), colour, dtype=np.uint8)).save(path)
 
 
 def write_json(path: Path, obj) -> None:
@@ -115,11 +117,14 @@ SCANNET_FRAME_NUMBERS = [0, 10, 20, 30]  # SensReader export with --frame_skip 1
 SCANNET_BAD_FRAME = 20  # its pose file holds -inf
 
 
-def write_scannet_scene(scans: Path, scene_id: str, aligned: bool = True) -> Path:
+def write_scannet_scene(
+    scans: Path, scene_id: str, aligned: bool = True, colour_size: tuple[int, int] = (WIDTH, HEIGHT)
+) -> Path:
     """``scans/<scene_id>/`` with mesh, segments, aggregation, ``<scene_id>.txt`` and exported frames.
 
     The mesh and poses are stored in the raw frame: raw = inverse(SCANNET_ALIGNMENT) @ world.
     With ``aligned=False`` the ``.txt`` has no ``axisAlignment`` (and the raw frame is the world).
+    ``colour_size`` (W, H) scales the colour images and their intrinsics (ScanNet's are 1296x968).
     """
     d = scans / scene_id
     d.mkdir(parents=True)
@@ -141,21 +146,51 @@ def write_scannet_scene(scans: Path, scene_id: str, aligned: bool = True) -> Pat
         d / f"{scene_id}.aggregation.json",
         {"sceneId": f"scannet.{scene_id}", "appId": "fixture", "segGroups": groups},
     )
-    lines = ["colorHeight = 24", "colorWidth = 32", "sceneType = Living room / Lounge"]
+    lines = [
+        f"colorHeight = {colour_size[1]}",
+        f"colorWidth = {colour_size[0]}",
+        "sceneType = Living room / Lounge",
+    ]
     if aligned:
         lines.insert(0, "axisAlignment = " + " ".join(f"{x:.9f}" for x in SCANNET_ALIGNMENT.reshape(-1)))
     (d / f"{scene_id}.txt").write_text("\n".join(lines) + "\n")
     k = np.array([[FX, 0, CX, 0], [0, FY, CY, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    k[0] *= colour_size[0] / WIDTH
+    k[1] *= colour_size[1] / HEIGHT
     (d / "intrinsic").mkdir()
     np.savetxt(d / "intrinsic" / "intrinsic_color.txt", k, fmt="%.6f")
     (d / "pose").mkdir()
     for i, number in enumerate(SCANNET_FRAME_NUMBERS):
-        write_image(d / "color" / f"{number}.jpg", COLOURS[i])
+        write_image(d / "color" / f"{number}.jpg", COLOURS[i], colour_size)
         if number == SCANNET_BAD_FRAME:
             (d / "pose" / f"{number}.txt").write_text("\n".join(["-inf -inf -inf -inf"] * 4) + "\n")
         else:
             np.savetxt(d / "pose" / f"{number}.txt", to_raw @ look_at(EYES[i]), fmt="%.9f")
     return d
+
+
+def write_scannet_instance_masks(scan: Path, masks: dict[int, np.ndarray], extracted: bool = False) -> Path:
+    """ScanNet's filtered 2D instance masks of a scan: ``{frame number: (h, w) uint8}``.
+
+    Written as the release ships them, ``<scene_id>_2d-instance-filt.zip`` with members
+    ``instance-filt/<frame>.png`` (8-bit greyscale; value = segGroup ``id`` + 1, 0 = none), or with
+    ``extracted=True`` as the unzipped ``instance-filt/`` folder. Returns the zip or the folder.
+    """
+    pngs = {}
+    for number, mask in masks.items():
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(mask, dtype=np.uint8)).save(buf, format="PNG")  # 2-D uint8: mode L
+        pngs[f"instance-filt/{number}.png"] = buf.getvalue()
+    if extracted:
+        for name, data in pngs.items():
+            (scan / name).parent.mkdir(parents=True, exist_ok=True)
+            (scan / name).write_bytes(data)
+        return scan / "instance-filt"
+    path = scan / f"{scan.name}_2d-instance-filt.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in pngs.items():
+            archive.writestr(name, data)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,10 +251,26 @@ def write_scannetpp_scene(data: Path, scene_id: str, video: bool = True) -> Path
 ARKIT_TABLE_YAW = 30.0
 ARKIT_TIMES = [100.0, 100.1, 100.2, 100.3]
 ARKIT_NO_POSE_FRAME = 3  # the trajectory has no pose near this frame's time
+# How the device was held: the recorded camera is the upright look_at camera rolled about its optical
+# axis by this angle, so that world up appears at the named side of the recorded image.
+ARKIT_SKY_ROLL_DEG = {"Up": 0.0, "Left": 90.0, "Down": 180.0, "Right": -90.0}
+ARKIT_DOT = (4, 2)  # (column, row) of the top-left pixel of a white 2x2 dot in every recorded frame
+ARKIT_DOT_CENTRE = (ARKIT_DOT[0] + 1.0, ARKIT_DOT[1] + 1.0)  # its centre (u, v), continuous pixels
 
 
-def write_arkit_scene(fold: Path, video_id: str) -> Path:
-    """``3dod/<fold>/<video_id>/`` with annotation, mesh (ascii PLY), trajectory, frames, pincams."""
+def arkit_recorded_pose(eye: np.ndarray, sky_direction: str = "Up") -> np.ndarray:
+    """4x4 camera-to-world of the recorded (possibly sideways) ARKit camera at ``eye``."""
+    roll = np.eye(4)
+    roll[:3, :3] = Rotation.from_euler("z", ARKIT_SKY_ROLL_DEG[sky_direction], degrees=True).as_matrix()
+    return look_at(eye) @ roll
+
+
+def write_arkit_scene(fold: Path, video_id: str, sky_direction: str = "Up") -> Path:
+    """``3dod/<fold>/<video_id>/`` with annotation, mesh (ascii PLY), trajectory, frames, pincams.
+
+    Frames are 32 x 24 (landscape, as ARKit records) with a white dot at ``ARKIT_DOT``; the camera
+    is held so that the sky is at ``sky_direction`` in them (see ``ARKIT_SKY_ROLL_DEG``).
+    """
     d = fold / video_id
     rotation = yaw_matrix(ARKIT_TABLE_YAW)
     anno = {
@@ -236,13 +287,16 @@ def write_arkit_scene(fold: Path, video_id: str) -> Path:
     frames = d / f"{video_id}_frames"
     traj = []
     for i, (t, eye) in enumerate(zip(ARKIT_TIMES, EYES, strict=True)):
-        write_image(frames / "lowres_wide" / f"{video_id}_{t:.3f}.png", COLOURS[i])
+        image = np.full((HEIGHT, WIDTH, 3), COLOURS[i], dtype=np.uint8)
+        image[ARKIT_DOT[1] : ARKIT_DOT[1] + 2, ARKIT_DOT[0] : ARKIT_DOT[0] + 2] = 255
+        (frames / "lowres_wide").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(frames / "lowres_wide" / f"{video_id}_{t:.3f}.png")
         intr = frames / "lowres_wide_intrinsics" / f"{video_id}_{t:.3f}.pincam"
         intr.parent.mkdir(parents=True, exist_ok=True)
         intr.write_text(f"{WIDTH} {HEIGHT} {FX} {FY} {CX} {CY}\n")
         if i == ARKIT_NO_POSE_FRAME:
             continue
-        world_to_cam = np.linalg.inv(look_at(eye))
+        world_to_cam = np.linalg.inv(arkit_recorded_pose(eye, sky_direction))
         rotvec = Rotation.from_matrix(world_to_cam[:3, :3]).as_rotvec()
         t_pose = t + (0.002 if i == 1 else 0.0)  # poses and frames differ by ~ms in the release
         traj.append(" ".join(f"{x:.9f}" for x in [t_pose, *rotvec, *world_to_cam[:3, 3]]))
