@@ -12,7 +12,8 @@ Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on t
    generator seeded by ``(seed, row id)``), so letters are balanced over the whole run and the
    result is the same for any number of workers.
 3. :func:`write_outputs`: benchmark rows (VSI-Bench fields plus ``mc_answer``, ``frame_indices``,
-   ``video``, ``split``, ``seed``, ``generator_version``) as parquet and JSON lines per split,
+   ``video``, ``split``, ``seed``, ``generator_version``; route questions add the planner that drew
+   them to it, ``vlm3r-qa-1+builtin`` or ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split,
    LLaVA training conversations per split (built by :mod:`vlm3r_core.prompting`), a manifest with
    counts per question type and split, and the errors file.
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from datagen.routes_habitat import RoutePlannerChoice, resolve_route_planner
 from datagen.scene import Scene, read_scene
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import TASKS
@@ -99,6 +101,10 @@ class QAConfig:
         default_cap: one cap for every task not in ``caps``.
         num_frames: K frames sampled per video ("frame k of K").
         prompt: prompt settings for the training conversations.
+        route_planner: the route task's planner: ``"builtin"``, ``"habitat"`` (habitat-sim's navmesh;
+            ImportError when ``habitat_sim`` does not import) or ``"auto"`` (habitat when it imports).
+            Resolved to builtin or habitat when the config is made (on the driver), so every worker
+            plans with the same one and the cache fingerprint names it.
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -107,6 +113,7 @@ class QAConfig:
     default_cap: int | None = None
     num_frames: int = DEFAULT_NUM_FRAMES
     prompt: PromptConfig = PromptConfig()
+    route_planner: RoutePlannerChoice = "auto"
 
     def __post_init__(self):
         unknown = [t for t in (*self.tasks, *self.caps) if t not in TASKS]
@@ -118,11 +125,16 @@ class QAConfig:
             raise ValueError(f"caps must be >= 0, got {dict(self.caps)} / {self.default_cap}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        object.__setattr__(self, "route_planner", resolve_route_planner(self.route_planner))
 
     def cap(self, task: str) -> int:
         if task in self.caps:
             return self.caps[task]
         return TASKS[task].default_cap if self.default_cap is None else self.default_cap
+
+    def generator_version(self, task: str) -> str:
+        """``GENERATOR_VERSION``; for route questions with ``+<planner>`` (``vlm3r-qa-1+habitat``)."""
+        return f"{GENERATOR_VERSION}+{self.route_planner}" if task == "route_planning" else GENERATOR_VERSION
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the per-scene rows (names the cache folder)."""
@@ -133,6 +145,7 @@ class QAConfig:
                 self.seed,
                 {t: self.cap(t) for t in sorted(self.tasks)},
                 self.num_frames,
+                self.route_planner,
             ]
         )
         return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
@@ -154,8 +167,9 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
     rows = []
     for task in config.tasks:
         rng = np.random.default_rng(derive_seed(config.seed, scene.dataset, scene.scene_id, task))
+        options = {"planner": config.route_planner} if task == "route_planning" else {}
         numbers: Counter[str] = Counter()
-        for item in TASKS[task].generate(graph, rng, config.cap(task)):
+        for item in TASKS[task].generate(graph, rng, config.cap(task), **options):
             n = numbers[item.question_type]
             numbers[item.question_type] += 1
             rows.append(
@@ -172,7 +186,7 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
                     "video": video_uri,
                     "split": scene.split,
                     "seed": config.seed,
-                    "generator_version": GENERATOR_VERSION,
+                    "generator_version": config.generator_version(task),
                     "timestamps": timestamps,
                     "duration_s": duration,
                 }
@@ -343,6 +357,7 @@ def write_outputs(
             "tasks": list(config.tasks),
             "caps": {t: config.cap(t) for t in config.tasks},
             "num_frames": config.num_frames,
+            "route_planner": config.route_planner,
             "config_fingerprint": config.fingerprint(),
             "num_scenes": len(scene_dirs),
             "num_failed": len(failures),

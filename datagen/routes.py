@@ -12,6 +12,10 @@ path's corners are obstacle corners, which are the natural turn points of a rout
 :meth:`FloorPlan.shortest_other_way` finds the best path that passes a free-standing obstacle on
 the other side, so a route with a near-equal alternative way round can be rejected.
 
+:class:`RoutePlanner` is what the route task asks of a planner. :class:`FloorPlan` is the built-in
+one (pip-installable dependencies only); :mod:`datagen.routes_habitat` computes the walkable floor
+and the shortest paths with habitat-sim's navmesh instead.
+
 Everything is 2D in world XY (metres, Z up); angles are counter-clockwise seen from +Z, so a
 positive turn is a left turn.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import networkx as nx
 import numpy as np
@@ -59,6 +64,25 @@ class RoutePlannerConfig:
             )
 
 
+class RoutePlanner(Protocol):
+    """What the route task uses: object footprints, where to stand by an object, shortest paths and
+    the best way round the other side of an obstacle (see :class:`FloorPlan` for the meanings).
+
+    Attributes:
+        name: the backend, recorded with each question (``"builtin"``, ``"habitat"``).
+        footprints: instance id -> the object's box projected on the floor.
+    """
+
+    name: str
+    footprints: dict[int, Polygon]
+
+    def approach_point(self, instance_id: int, toward_xy: np.ndarray) -> tuple[np.ndarray, float] | None: ...
+
+    def shortest_path(self, start_xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray | None: ...
+
+    def shortest_other_way(self, path: np.ndarray) -> float: ...
+
+
 def footprint(obj: SceneObject) -> Polygon:
     """The object's box projected on the floor (convex hull of its corners in XY)."""
     return shapely.convex_hull(shapely.multipoints(obj.corners()[:, :2]))
@@ -77,25 +101,24 @@ class FloorPlan:
     Args:
         scene: a validated scene (room polygon, floor height, object boxes).
         config: agent settings.
+        free: the walkable floor (world XY) when another backend computed it (habitat's navmesh);
+            by default the room minus the grown footprints of the blocking objects.
     """
 
-    def __init__(self, scene: Scene, config: RoutePlannerConfig = RoutePlannerConfig()):
+    name = "builtin"
+
+    def __init__(
+        self,
+        scene: Scene,
+        config: RoutePlannerConfig = RoutePlannerConfig(),
+        free: Polygon | MultiPolygon | None = None,
+    ):
         self.config = config
-        r = config.agent_radius_m
         self.footprints: dict[int, Polygon] = {o.instance_id: footprint(o) for o in scene.objects}
-        floor = Polygon(scene.room.floor_polygon).buffer(0)  # buffer(0) repairs self-touching outlines
-        blocking = [
-            self.footprints[o.instance_id].buffer(r, join_style="mitre")
-            for o in scene.objects
-            if self._blocks(o, scene.room.floor_z)
-        ]
-        free = floor.buffer(-r, join_style="mitre")
-        if blocking:
-            free = free.difference(unary_union(blocking))
-        self.free = free
-        self._free_check = free.buffer(_TOLERANCE_M, join_style="mitre")
+        self.free = self._walkable_floor(scene) if free is None else free
+        self._free_check = self.free.buffer(_TOLERANCE_M, join_style="mitre")
         shapely.prepare(self._free_check)
-        self._nodes = self._ring_vertices(free)  # (V, 2)
+        self._nodes = self._ring_vertices(self.free)  # (V, 2)
         self._graph = nx.Graph()
         self._graph.add_nodes_from(range(len(self._nodes)))
         i, j = np.triu_indices(len(self._nodes), 1)
@@ -106,8 +129,19 @@ class FloorPlan:
         )
         self._edges = np.stack([i[visible], j[visible]], axis=1)  # (E, 2) node pairs of the graph
         self._edge_lengths = lengths[visible]  # (E,) metres
-        self._hole_points = self._points_inside_holes(free)  # (H, 2) one point inside each island
+        self._hole_points = self._points_inside_holes(self.free)  # (H, 2) one point inside each island
         self._approach: dict[int, list[np.ndarray]] = {}
+
+    def _walkable_floor(self, scene: Scene) -> Polygon | MultiPolygon:
+        r = self.config.agent_radius_m
+        floor = Polygon(scene.room.floor_polygon).buffer(0)  # buffer(0) repairs self-touching outlines
+        blocking = [
+            self.footprints[o.instance_id].buffer(r, join_style="mitre")
+            for o in scene.objects
+            if self._blocks(o, scene.room.floor_z)
+        ]
+        free = floor.buffer(-r, join_style="mitre")
+        return free.difference(unary_union(blocking)) if blocking else free
 
     def _blocks(self, obj: SceneObject, floor_z: float) -> bool:
         z = obj.corners()[:, 2] - floor_z
@@ -229,7 +263,8 @@ class FloorPlan:
         free-standing obstacle on the other side than ``path`` does; inf when there is none.
 
         Args:
-            path: (P, 2) a path from :meth:`shortest_path` (not simplified: its corners are graph nodes).
+            path: (P, 2) a walkable path, e.g. from :meth:`shortest_path` (only its ends and the
+                side it passes each obstacle on matter).
 
         A free-standing obstacle is a hole of the walkable floor. Which side of hole h a path passes
         is the parity of its crossings with a ray from inside h (:meth:`_crosses_hole_rays`); per

@@ -1,7 +1,8 @@
 """Generates VSI-Bench / VSTI-Bench question-answer data from scenes, in parallel across scenes.
 
     ray job submit -- python jobs/generate_qa.py --scenes s3://bucket/data --out s3://bucket/data \\
-        [--tasks object_counting route_planning ...] [--seed 0] [--per-scene-cap 20 route_planning=5]
+        [--tasks object_counting route_planning ...] [--seed 0] [--per-scene-cap 20 route_planning=5] \\
+        [--route-planner auto|builtin|habitat]
 
 Also runs as plain ``python jobs/generate_qa.py --scenes ./vlm3r-data --out ./vlm3r-data`` with a
 local Ray. ``--scenes`` is any folder holding ``.../<dataset>/<scene_id>/scene.json`` (the data root
@@ -10,7 +11,9 @@ a Ray Data task that writes its rows to ``<out>/qa/_per_scene/``; the driver the
 answer letters over the whole run and writes, under ``<out>/qa/``: ``benchmark/{split}.parquet``
 and ``.jsonl``, ``conversations/{split}.jsonl``, ``manifest.json`` and ``errors.jsonl`` (scenes
 that failed, with the reason). Re-running resumes: cached scenes are not generated again. The
-output is the same for the same seed whatever the number of workers.
+output is the same for the same seed whatever the number of workers. Route questions are planned
+with habitat-sim's navmesh when ``habitat_sim`` imports (``--route-planner auto``, the default),
+else with the built-in planner; ``--route-planner habitat`` stops at once where it does not import.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import ray
 
 from datagen.qa import QAConfig, SceneResult, find_scene_dirs, process_scene, scene_cache_uri, write_outputs
+from datagen.routes_habitat import ROUTE_PLANNERS
 from datagen.tasks import TASKS
 from jobs.common import init_ray
 from vlm3r_core import storage
@@ -82,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
         help="questions per scene and question type: N for every task, TASK=N for one (default: each task's own)",
     )
     p.add_argument("--num-frames", type=int, default=32, help="frames sampled per video ('frame k of N')")
+    p.add_argument(
+        "--route-planner",
+        choices=ROUTE_PLANNERS,
+        default="auto",
+        help="route questions: habitat-sim's navmesh (habitat), the built-in planner (builtin), "
+        "or habitat when habitat_sim imports (auto)",
+    )
     p.add_argument("--num-cpus-per-scene", type=float, default=0.5)
     p.add_argument(
         "--concurrency", type=int, help="at most this many scenes at once (default: as Ray schedules)"
@@ -95,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
         caps=caps,
         default_cap=default_cap,
         num_frames=args.num_frames,
+        route_planner=args.route_planner,
     )
     return GenerateQAConfig(
         args.scenes, args.out, qa, args.num_cpus_per_scene, args.concurrency, args.address

@@ -3,7 +3,9 @@
 "You are a robot beginning at the S facing the F. You want to navigate to the D. ... 1. [please fill
 in] 2. Go forward until the X. 3. [please fill in] 4. Go forward until the D. You have reached the
 final destination." The reference never released its generator (it came from a Habitat simulator);
-this one plans on the scene geometry (:mod:`datagen.routes`):
+this one plans on the scene geometry with a :class:`~datagen.routes.RoutePlanner`: habitat-sim's
+navmesh when ``habitat_sim`` imports (:mod:`datagen.routes_habitat`), else the built-in exact planner
+(:mod:`datagen.routes`); ``planner`` picks one (``"auto"``, ``"builtin"``, ``"habitat"``).
 
 - S, F, D are distinct scene-unique categories; the robot starts beside S (the walkable point
   nearest to S's centre, at most 0.6 m from its footprint; of equally near sides, the one towards
@@ -33,7 +35,8 @@ from itertools import product
 import numpy as np
 from shapely.geometry import Point
 
-from datagen.routes import FloorPlan, path_length, signed_turn_deg, simplify_path
+from datagen.routes import RoutePlanner, path_length, signed_turn_deg, simplify_path
+from datagen.routes_habitat import RoutePlannerChoice, make_route_planner
 from datagen.scene_graph import SceneGraph
 from datagen.tasks.common import QAItem, Template
 
@@ -99,7 +102,7 @@ def classify_turn(angle_deg: float, initial: bool) -> str | None:
     return TURN_BACK if magnitude >= BACK_MIN_DEG else None
 
 
-def landmark(graph: SceneGraph, plan: FloorPlan, point_xy: np.ndarray, excluded: set[str]) -> str | None:
+def landmark(graph: SceneGraph, plan: RoutePlanner, point_xy: np.ndarray, excluded: set[str]) -> str | None:
     """The scene-unique category clearly nearest to a turn point, or None."""
     point = Point(point_xy)
     ranked = sorted(
@@ -113,7 +116,7 @@ def landmark(graph: SceneGraph, plan: FloorPlan, point_xy: np.ndarray, excluded:
     return ranked[0][1]
 
 
-def plan_route(graph: SceneGraph, plan: FloorPlan, start: str, destination: str) -> np.ndarray | None:
+def plan_route(graph: SceneGraph, plan: RoutePlanner, start: str, destination: str) -> np.ndarray | None:
     """The simplified shortest walkable path (P, 2) from beside S to beside D, or None (no path, too
     short, or another way round is about as short)."""
     s, d = graph.unique_instance(start), graph.unique_instance(destination)
@@ -131,7 +134,7 @@ def plan_route(graph: SceneGraph, plan: FloorPlan, start: str, destination: str)
 
 
 def describe_route(
-    graph: SceneGraph, plan: FloorPlan, start: str, facing: str, destination: str, path: np.ndarray
+    graph: SceneGraph, plan: RoutePlanner, start: str, facing: str, destination: str, path: np.ndarray
 ) -> Route | None:
     """Describes the planned path S -> D for a robot first facing F, or None when the rules reject it."""
     legs = np.diff(path, axis=0)  # (P - 1, 2)
@@ -183,11 +186,14 @@ def turn_distractors(route: Route, rng: np.random.Generator) -> list[str]:
     return [others[i] for i in sorted(rng.choice(len(others), size=3, replace=False))]
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP, planner: RoutePlannerChoice = "auto"
+) -> list[QAItem]:
+    """Up to ``cap`` route questions, planned by ``planner`` (auto: habitat when it imports)."""
     uniques = graph.unique_categories()
     if len(uniques) < 3 or cap < 1:
         return []
-    plan = FloorPlan(graph.scene)
+    plan = make_route_planner(graph.scene, planner)
     pairs = [(s, d) for s in uniques for d in uniques if s != d]
     items: list[QAItem] = []
     for p in rng.permutation(len(pairs))[: MAX_PAIRS_PER_QUESTION * cap]:
