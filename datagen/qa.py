@@ -3,10 +3,11 @@
 Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on the driver):
 
 1. :func:`process_scene`: one scene -> its rows *before* letters are assigned, cached as
-   ``<out>/qa/_per_scene/<config fingerprint>/<dataset>/<scene>.parquet``. Every task draws from its
+   ``<out>/qa/_per_scene/<config fingerprint>/<dataset>/<scene>-<scene.json version>.parquet``. Every task draws from its
    own generator seeded with ``blake2b(seed, dataset, scene, task)``, so a scene's rows depend on
    nothing but the scene and the configuration. A scene that fails is reported with its reason
-   and leaves no cache file; re-running skips the scenes already cached (resume).
+   and leaves no cache file; re-running skips the scenes already cached (resume), and generates a
+   scene again when its ``scene.json`` was rewritten.
 2. :func:`assign_letters`: all rows sorted by id; multiple-choice answers are put on the letter
    used least so far for their question type (ties and the order of the other options drawn from a
    generator seeded by ``(seed, row id)``), so letters are balanced over the whole run and the
@@ -22,7 +23,7 @@ Output layout under ``<out>/qa/``::
     benchmark/{split}.parquet, benchmark/{split}.jsonl
     conversations/{split}.jsonl
     manifest.json, errors.jsonl
-    _per_scene/<fingerprint>/<dataset>/<scene>.parquet
+    _per_scene/<fingerprint>/<dataset>/<scene>-<version>.parquet
 """
 
 from __future__ import annotations
@@ -194,11 +195,26 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
     return sorted(rows, key=lambda r: r["id"])
 
 
-def scene_cache_uri(out: str, config: QAConfig, scene_dir: str) -> str:
-    """``<out>/qa/_per_scene/<fingerprint>/<dataset>/<scene>.parquet`` (names from the scene folder)."""
-    dataset, scene = posixpath.split(scene_dir.rstrip("/"))
+@dataclass(frozen=True)
+class SceneRef:
+    """A scene folder and the version of its ``scene.json`` (see :func:`find_scenes`)."""
+
+    dir: str
+    version: str
+
+
+def scene_cache_uri(out: str, config: QAConfig, ref: SceneRef) -> str:
+    """``<out>/qa/_per_scene/<fingerprint>/<dataset>/<scene>-<version hash>.parquet``: a scene
+    rewritten in place (a new ``scene.json`` version) misses the cache and is generated again."""
+    dataset, name = posixpath.split(ref.dir.rstrip("/"))
+    version = hashlib.blake2b(ref.version.encode(), digest_size=4).hexdigest()
     return storage.join(
-        out, "qa", "_per_scene", config.fingerprint(), posixpath.basename(dataset), f"{scene}.parquet"
+        out,
+        "qa",
+        "_per_scene",
+        config.fingerprint(),
+        posixpath.basename(dataset),
+        f"{name}-{version}.parquet",
     )
 
 
@@ -212,23 +228,27 @@ class SceneResult:
     cached: bool = False
 
 
-def process_scene(scene_dir: str, out: str, config: QAConfig) -> SceneResult:
+def process_scene(ref: SceneRef, out: str, config: QAConfig) -> SceneResult:
     """Generates and caches the rows of one scene; a failure comes back as ``error``, not raised."""
-    cache = scene_cache_uri(out, config, scene_dir)
+    cache = scene_cache_uri(out, config, ref)
     if storage.exists(cache):
-        return SceneResult(scene_dir, storage.read_parquet(cache).num_rows, cached=True)
+        return SceneResult(ref.dir, storage.read_parquet(cache).num_rows, cached=True)
     try:
-        scene = read_scene(scene_dir)
-        rows = generate_scene_rows(scene, scene.video_uri(scene_dir), config)
+        scene = read_scene(ref.dir)
+        rows = generate_scene_rows(scene, scene.video_uri(ref.dir), config)
     except Exception as e:  # noqa: BLE001 - any failure of one scene is recorded and the run goes on
-        return SceneResult(scene_dir, 0, error=f"{type(e).__name__}: {e}")
+        return SceneResult(ref.dir, 0, error=f"{type(e).__name__}: {e}")
     storage.write_parquet(cache, pa.Table.from_pylist(rows, schema=SCENE_ROW_SCHEMA))
-    return SceneResult(scene_dir, len(rows))
+    return SceneResult(ref.dir, len(rows))
 
 
-def find_scene_dirs(uri: str) -> list[str]:
-    """Folders holding a ``scene.json`` anywhere under ``uri`` (a data root, its ``scenes/``, or one dataset)."""
-    return sorted(u[: -len("/scene.json")] for u in storage.list_files(uri, "/scene.json"))
+def find_scenes(uri: str) -> list[SceneRef]:
+    """Folders holding a ``scene.json`` anywhere under ``uri`` (a data root, its ``scenes/``, or one
+    dataset), sorted, each with its ``scene.json``'s version (S3 ETag, else size and mtime)."""
+    return [
+        SceneRef(u[: -len("/scene.json")], version)
+        for u, version in storage.list_file_versions(uri, "/scene.json").items()
+    ]
 
 
 # ---- stage 2: letters ------------------------------------------------------------------------
@@ -316,11 +336,11 @@ class QASummary:
 
 
 def write_outputs(
-    out: str, config: QAConfig, scene_dirs: Sequence[str], failures: Sequence[SceneResult]
+    out: str, config: QAConfig, scenes: Sequence[SceneRef], failures: Sequence[SceneResult]
 ) -> QASummary:
     """Merges the cached scenes of this run, assigns letters and writes every output file."""
     failed = {f.scene_dir for f in failures}
-    tables = [storage.read_parquet(scene_cache_uri(out, config, d)) for d in scene_dirs if d not in failed]
+    tables = [storage.read_parquet(scene_cache_uri(out, config, r)) for r in scenes if r.dir not in failed]
     scene_rows = pa.concat_tables([SCENE_ROW_SCHEMA.empty_table(), *tables]).to_pylist()
     timing = {r["id"]: (r["timestamps"], r["duration_s"]) for r in scene_rows}
     rows = assign_letters(scene_rows, config.seed)
@@ -359,10 +379,10 @@ def write_outputs(
             "num_frames": config.num_frames,
             "route_planner": config.route_planner,
             "config_fingerprint": config.fingerprint(),
-            "num_scenes": len(scene_dirs),
+            "num_scenes": len(scenes),
             "num_failed": len(failures),
             "num_rows": len(rows),
             "counts": counts,
         },
     )
-    return QASummary(len(scene_dirs), len(failures), counts)
+    return QASummary(len(scenes), len(failures), counts)

@@ -24,7 +24,15 @@ from dataclasses import dataclass
 
 import ray
 
-from datagen.qa import QAConfig, SceneResult, find_scene_dirs, process_scene, scene_cache_uri, write_outputs
+from datagen.qa import (
+    QAConfig,
+    SceneRef,
+    SceneResult,
+    find_scenes,
+    process_scene,
+    scene_cache_uri,
+    write_outputs,
+)
 from datagen.routes_habitat import ROUTE_PLANNERS
 from datagen.tasks import TASKS
 from jobs.common import init_ray
@@ -115,22 +123,24 @@ def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
 
 def _process_row(row: dict, out: str, config: QAConfig) -> dict:
     """Ray Data map: one scene folder -> its cached rows (or the failure reason)."""
-    result = process_scene(row["scene_dir"], out, config)
+    result = process_scene(SceneRef(row["scene_dir"], row["version"]), out, config)
     return {"scene_dir": result.scene_dir, "num_rows": result.num_rows, "error": result.error or ""}
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    scene_dirs = find_scene_dirs(cfg.scenes)
-    if not scene_dirs:
+    scenes = find_scenes(cfg.scenes)
+    if not scenes:
         print(f"no scene.json under {cfg.scenes}", file=sys.stderr)
         return 1
-    todo = [d for d in scene_dirs if not storage.exists(scene_cache_uri(cfg.out, cfg.qa, d))]
+    todo = [s for s in scenes if not storage.exists(scene_cache_uri(cfg.out, cfg.qa, s))]
     results: list[SceneResult] = []
     if todo:
         init_ray(cfg.address)
         rows = (
-            ray.data.from_items([{"scene_dir": d} for d in todo], override_num_blocks=len(todo))
+            ray.data.from_items(
+                [{"scene_dir": s.dir, "version": s.version} for s in todo], override_num_blocks=len(todo)
+            )
             .map(
                 _process_row,
                 fn_kwargs={"out": cfg.out, "config": cfg.qa},
@@ -141,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = [SceneResult(r["scene_dir"], r["num_rows"], r["error"] or None) for r in rows]
     failures = sorted((r for r in results if r.error), key=lambda r: r.scene_dir)
-    summary = write_outputs(cfg.out, cfg.qa, scene_dirs, failures)
+    summary = write_outputs(cfg.out, cfg.qa, scenes, failures)
     print(
         f"generate_qa: {summary.num_rows} questions from {summary.num_scenes - summary.num_failed} scenes "
-        f"({len(scene_dirs) - len(todo)} cached, {summary.num_failed} failed) -> {storage.join(cfg.out, 'qa')}"
+        f"({len(scenes) - len(todo)} cached, {summary.num_failed} failed) -> {storage.join(cfg.out, 'qa')}"
     )
     return 1 if summary.num_failed == summary.num_scenes else 0
 

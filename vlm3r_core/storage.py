@@ -126,6 +126,25 @@ def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
     return sorted(join(uri, posixpath.relpath(p, root)) for p in paths)
 
 
+def list_file_versions(uri: str, suffix: str = "") -> dict[str, str]:
+    """Like ``list_files(uri, suffix)``, with a version string per file that changes when the file
+    is rewritten: the S3 ETag (content hash of a single-part upload), else size and modification
+    time. One listing call, no request per file."""
+    fs, root = filesystem(uri)
+    if not fs.exists(root):
+        return {}
+    versions = {}
+    for path, info in fs.find(root, detail=True).items():
+        if path.endswith(suffix):
+            stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+            if stamp is None:
+                raise ValueError(
+                    f"{join(uri, posixpath.relpath(path, root))}: the file system gives no version"
+                )
+            versions[join(uri, posixpath.relpath(path, root))] = f"{info['size']}:{stamp}"
+    return dict(sorted(versions.items()))
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:

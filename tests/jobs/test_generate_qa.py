@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datagen.qa import find_scene_dirs, process_scene, write_outputs
+from datagen.qa import find_scenes, process_scene, write_outputs
 from datagen.scene import write_scene
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
 from datagen.tasks.scene_builder import random_scene
@@ -47,9 +47,9 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     assert main([*common, "--out", two, "--concurrency", "2", "--num-cpus-per-scene", "0.25"]) == 0
     # One worker: the same library calls in this process, one scene after the other.
     config = parse_args([*common, "--out", one]).qa
-    scene_dirs = find_scene_dirs(root)
-    results = [process_scene(d, one, config) for d in scene_dirs]
-    write_outputs(one, config, scene_dirs, [r for r in results if r.error])
+    scenes = find_scenes(root)
+    results = [process_scene(s, one, config) for s in scenes]
+    write_outputs(one, config, scenes, [r for r in results if r.error])
     assert _outputs(one) == _outputs(two)
 
     manifest = storage.read_json(f"{one}/qa/manifest.json")

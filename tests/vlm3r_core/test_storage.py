@@ -43,6 +43,19 @@ def test_lists_exists_and_removes(root):
     assert storage.list_files(storage.join(root, "s")) == []
 
 
+def test_file_versions_change_when_a_file_is_rewritten(root):
+    for name in ("s/a/scene.json", "s/b/scene.json", "s/b/video.mp4"):
+        storage.write_text(storage.join(root, name), '{"v": 1}')
+    first = storage.list_file_versions(storage.join(root, "s"), "/scene.json")
+    assert list(first) == storage.list_files(storage.join(root, "s"), "/scene.json")
+    assert storage.list_file_versions(storage.join(root, "s"), "/scene.json") == first  # stable
+    storage.write_text(storage.join(root, "s/b/scene.json"), '{"v": 22}')
+    second = storage.list_file_versions(storage.join(root, "s"), "/scene.json")
+    a, b = (storage.join(root, f"s/{n}/scene.json") for n in "ab")
+    assert second[a] == first[a] and second[b] != first[b]
+    assert storage.list_file_versions(storage.join(root, "nothing-here")) == {}
+
+
 def test_missing_and_invalid_files_name_the_uri(root):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         storage.read_json(storage.join(root, "missing.json"))

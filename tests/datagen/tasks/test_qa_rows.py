@@ -12,6 +12,7 @@ from datagen.qa import (
     QAConfig,
     assign_letters,
     conversation,
+    find_scenes,
     generate_scene_rows,
     process_scene,
     scene_cache_uri,
@@ -128,21 +129,23 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
     import dataclasses
 
     root = str(tmp_path / "data")
-    dirs = [
-        write_scene(scene, root),
-        write_scene(dataclasses.replace(scene, scene_id="room-b", split="val"), root),
-    ]
+    write_scene(scene, root)
+    write_scene(dataclasses.replace(scene, scene_id="room-b", split="val"), root)
     broken = storage.join(root, "scenes", "synthetic", "room-c")
     storage.write_text(storage.join(broken, "scene.json"), '{"scene_id": "room-c"}')
+    refs = find_scenes(root)
+    assert [r.dir for r in refs] == [
+        storage.join(root, "scenes", "synthetic", n) for n in ("room-a", "room-b", "room-c")
+    ]
     out = str(tmp_path / "out")
     config = QAConfig(default_cap=3)
-    results = [process_scene(d, out, config) for d in [*dirs, broken]]
+    results = [process_scene(r, out, config) for r in refs]
     assert [r.error is None for r in results] == [True, True, False]
     assert "room-c" in results[2].error and "missing" in results[2].error
-    assert process_scene(dirs[0], out, config).cached  # resume: not generated again
-    assert storage.exists(scene_cache_uri(out, config, dirs[1]))
+    assert process_scene(refs[0], out, config).cached  # resume: not generated again
+    assert storage.exists(scene_cache_uri(out, config, refs[1]))
 
-    summary = write_outputs(out, config, [*dirs, broken], [results[2]])
+    summary = write_outputs(out, config, refs, [results[2]])
     assert summary.num_failed == 1 and set(summary.counts) == {"train", "val"}
     train = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
     assert {r["split"] for r in train} == {"train"} and all(r["scene_name"] == "room-a" for r in train)
@@ -154,3 +157,22 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
     manifest = storage.read_json(f"{out}/qa/manifest.json")
     assert manifest["counts"] == summary.counts and manifest["num_failed"] == 1
     assert json.loads(storage.read_text(f"{out}/qa/errors.jsonl"))["scene"] == broken
+
+
+def test_a_scene_rewritten_in_place_is_generated_again(tmp_path, scene):
+    import dataclasses
+
+    root, out = str(tmp_path / "data"), str(tmp_path / "out")
+    config = QAConfig(default_cap=3)
+    write_scene(scene, root)
+    (before,) = find_scenes(root)
+    process_scene(before, out, config)
+    assert process_scene(find_scenes(root)[0], out, config).cached  # same file: cached
+
+    write_scene(dataclasses.replace(scene, split="val"), root)  # rewritten: new content, same folder
+    (after,) = find_scenes(root)
+    assert after.dir == before.dir and after.version != before.version
+    result = process_scene(after, out, config)
+    assert not result.cached and result.num_rows > 0
+    summary = write_outputs(out, config, [after], [])
+    assert set(summary.counts) == {"val"}  # the new scene.json, not the cached rows of the old one
