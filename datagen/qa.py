@@ -16,7 +16,9 @@ Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on t
    ``video``, ``split``, ``seed``, ``generator_version``; route questions add the planner that drew
    them to it, ``vlm3r-qa-1+builtin`` or ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split,
    LLaVA training conversations per split (built by :mod:`vlm3r_core.prompting`), a manifest with
-   counts per question type and split, and the errors file.
+   counts per question type and split and the question vocabulary (``vocabulary``, and
+   ``vocabulary_names``: per dataset, raw label -> name asked, or null for every label as it is),
+   and the errors file.
 
 Output layout under ``<out>/qa/``::
 
@@ -43,6 +45,7 @@ from datagen.scene import Scene, read_scene
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import TASKS
 from datagen.tasks.common import fill_choices
+from datagen.vocabulary import VOCABULARIES, VocabularyChoice, vocabulary_tables
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
 from vlm3r_core.video import DEFAULT_NUM_FRAMES
@@ -106,6 +109,10 @@ class QAConfig:
             ImportError when ``habitat_sim`` does not import) or ``"auto"`` (habitat when it imports).
             Resolved to builtin or habitat when the config is made (on the driver), so every worker
             plans with the same one and the cache fingerprint names it.
+        vocabulary: which objects questions name (:mod:`datagen.vocabulary`): ``"vsibench"``, the
+            benchmark's vocabulary per dataset with its merges (objects outside it stay as geometry
+            but are never named or counted; synthetic scenes name every object), or ``"all"``,
+            every raw label as it is.
     """
 
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -115,6 +122,7 @@ class QAConfig:
     num_frames: int = DEFAULT_NUM_FRAMES
     prompt: PromptConfig = PromptConfig()
     route_planner: RoutePlannerChoice = "auto"
+    vocabulary: VocabularyChoice = "vsibench"
 
     def __post_init__(self):
         unknown = [t for t in (*self.tasks, *self.caps) if t not in TASKS]
@@ -126,6 +134,8 @@ class QAConfig:
             raise ValueError(f"caps must be >= 0, got {dict(self.caps)} / {self.default_cap}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"vocabulary must be one of {list(VOCABULARIES)}, got {self.vocabulary!r}")
         object.__setattr__(self, "route_planner", resolve_route_planner(self.route_planner))
 
     def cap(self, task: str) -> int:
@@ -147,6 +157,8 @@ class QAConfig:
                 {t: self.cap(t) for t in sorted(self.tasks)},
                 self.num_frames,
                 self.route_planner,
+                self.vocabulary,
+                vocabulary_tables(self.vocabulary),
             ]
         )
         return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
@@ -163,7 +175,7 @@ def derive_seed(*parts: object) -> int:
 
 def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[dict]:
     """All rows of one scene, before letters are assigned (``SCENE_ROW_SCHEMA``), sorted by id."""
-    graph = SceneGraph(scene, config.num_frames)
+    graph = SceneGraph(scene, config.num_frames, config.vocabulary)
     timestamps, duration = graph.timestamps, graph.duration_s
     rows = []
     for task in config.tasks:
@@ -378,6 +390,8 @@ def write_outputs(
             "caps": {t: config.cap(t) for t in config.tasks},
             "num_frames": config.num_frames,
             "route_planner": config.route_planner,
+            "vocabulary": config.vocabulary,
+            "vocabulary_names": vocabulary_tables(config.vocabulary),
             "config_fingerprint": config.fingerprint(),
             "num_scenes": len(scenes),
             "num_failed": len(failures),

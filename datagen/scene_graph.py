@@ -2,9 +2,17 @@
 
 Nodes:
 
-- spatial nodes (:class:`InstanceNode`): one per object instance, with its category and oriented box;
+- spatial nodes (:class:`InstanceNode`): one per object instance that questions may name, with the
+  name they use (its ``category``) and its oriented box;
 - temporal nodes (:class:`FrameNode`): one per *sampled* video frame, with its pose, intrinsics and
-  the instances visible in it.
+  the named instances visible in it.
+
+Which objects are named, and how, is the question vocabulary (:mod:`datagen.vocabulary`): under
+``"vsibench"`` an object whose raw label is outside the benchmark's vocabulary has no node, so no
+category query (counts, scene- or frame-unique categories, first appearances) ever sees it, and
+merged labels share one category ("trash can" and "recycling bin" are both "trash bin"). Such
+objects stay in :attr:`SceneGraph.scene` as geometry: route obstacles, and the occluders the
+readers already accounted for in each frame's visibility.
 
 Frame sampling is the one rule of the system (:func:`vlm3r_core.video.sample_frame_indices`):
 ``linspace(0, N - 1, K, dtype=int)`` over the N video frames. "Frame k of K" in a question is the
@@ -29,6 +37,7 @@ from functools import cached_property
 import numpy as np
 
 from datagen.scene import Intrinsics, Scene
+from datagen.vocabulary import VocabularyChoice, question_vocabulary
 from vlm3r_core.video import DEFAULT_NUM_FRAMES, sample_frame_indices
 
 _CORNER_SIGNS = np.array(
@@ -46,9 +55,10 @@ _EDGES = np.array(
 
 @dataclass(frozen=True)
 class InstanceNode:
-    """One object instance: category and oriented box (world metres).
+    """One named object instance: category and oriented box (world metres).
 
     Attributes:
+        category: the name questions use (the raw label mapped by the question vocabulary).
         center: (3,) box centre.
         extent: (3,) full side lengths along the box axes.
         rotation: (3, 3) columns are the box axes in world coordinates.
@@ -75,7 +85,7 @@ class FrameNode:
         index: frame number in the video.
         timestamp: ``index / fps`` seconds (the time line of the prompt uses the same value).
         cam_to_world: (4, 4) camera-to-world pose.
-        visible: instance ids visible in the frame, sorted.
+        visible: ids of the named instances visible in the frame, sorted.
     """
 
     rank: int
@@ -102,15 +112,23 @@ class SceneGraph:
     Args:
         scene: a validated scene.
         num_samples: K, frames sampled from the video (32, the benchmark setting).
+        vocabulary: which objects questions name (:func:`datagen.vocabulary.question_vocabulary`):
+            ``"vsibench"``, the benchmark's names for the scene's dataset, or ``"all"``, every raw label.
     """
 
-    def __init__(self, scene: Scene, num_samples: int = DEFAULT_NUM_FRAMES):
+    def __init__(
+        self, scene: Scene, num_samples: int = DEFAULT_NUM_FRAMES, vocabulary: VocabularyChoice = "vsibench"
+    ):
         self.scene = scene
         self.num_samples = num_samples
-        self.instances: dict[int, InstanceNode] = {
-            o.instance_id: InstanceNode(o.instance_id, o.category, o.center, o.extent, o.rotation)
-            for o in scene.objects
-        }
+        names = question_vocabulary(scene.dataset, vocabulary)
+        self.instances: dict[int, InstanceNode] = {}
+        for o in scene.objects:
+            name = names.name(o.category)
+            if name is not None:
+                self.instances[o.instance_id] = InstanceNode(
+                    o.instance_id, name, o.center, o.extent, o.rotation
+                )
         self.sampled_indices = sample_frame_indices(scene.video.num_frames, num_samples)  # (K,)
         by_index = {f.index: f for f in scene.frames}
         self.frames: list[FrameNode] = []
@@ -118,11 +136,11 @@ class SceneGraph:
             f = by_index.get(index)
             if f is None:
                 continue
-            visible = tuple(sorted({v.instance_id for v in f.visible}))
+            visible = tuple(sorted({v.instance_id for v in f.visible if v.instance_id in self.instances}))
             self.frames.append(
                 FrameNode(rank, index, index / scene.video.fps, f.cam_to_world, f.intrinsics, visible)
             )
-        self.category_counts: Counter[str] = Counter(o.category for o in scene.objects)
+        self.category_counts: Counter[str] = Counter(n.category for n in self.instances.values())
         self._box_distance_cache: dict[tuple[int, int], float] = {}
 
     # ---- time line -------------------------------------------------------------------------

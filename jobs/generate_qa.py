@@ -2,7 +2,7 @@
 
     ray job submit -- python jobs/generate_qa.py --scenes s3://bucket/data --out s3://bucket/data \\
         [--tasks object_counting route_planning ...] [--seed 0] [--per-scene-cap 20 route_planning=5] \\
-        [--route-planner auto|builtin|habitat]
+        [--route-planner auto|builtin|habitat] [--vocabulary vsibench|all]
 
 Also runs as plain ``python jobs/generate_qa.py --scenes ./vlm3r-data --out ./vlm3r-data`` with a
 local Ray. ``--scenes`` is any folder holding ``.../<dataset>/<scene_id>/scene.json`` (the data root
@@ -14,6 +14,10 @@ that failed, with the reason). Re-running resumes: cached scenes are not generat
 output is the same for the same seed whatever the number of workers. Route questions are planned
 with habitat-sim's navmesh when ``habitat_sim`` imports (``--route-planner auto``, the default),
 else with the built-in planner; ``--route-planner habitat`` stops at once where it does not import.
+Questions name objects by the benchmark's vocabulary of each dataset (``--vocabulary vsibench``, the
+default: ScanNet's "trash can" and "recycling bin" are asked about as "trash bin", "office chair" or
+"kitchen cabinets" never; synthetic scenes name every object); ``--vocabulary all`` names every raw
+label. Unnamed objects still block routes and hide what is behind them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from datagen.qa import (
 )
 from datagen.routes_habitat import ROUTE_PLANNERS
 from datagen.tasks import TASKS
+from datagen.vocabulary import VOCABULARIES
 from jobs.common import init_ray
 from vlm3r_core import storage
 
@@ -101,6 +106,13 @@ def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
         help="route questions: habitat-sim's navmesh (habitat), the built-in planner (builtin), "
         "or habitat when habitat_sim imports (auto)",
     )
+    p.add_argument(
+        "--vocabulary",
+        choices=VOCABULARIES,
+        default="vsibench",
+        help="object names questions use: the benchmark's vocabulary per dataset, with its merges "
+        "(vsibench), or every raw label (all)",
+    )
     p.add_argument("--num-cpus-per-scene", type=float, default=0.5)
     p.add_argument(
         "--concurrency", type=int, help="at most this many scenes at once (default: as Ray schedules)"
@@ -115,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
         default_cap=default_cap,
         num_frames=args.num_frames,
         route_planner=args.route_planner,
+        vocabulary=args.vocabulary,
     )
     return GenerateQAConfig(
         args.scenes, args.out, qa, args.num_cpus_per_scene, args.concurrency, args.address
