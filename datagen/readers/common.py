@@ -552,16 +552,7 @@ class VisibilityRenderer:
         self, cam_to_world: np.ndarray, k: Intrinsics, width: int, height: int
     ) -> tuple[Visibility, ...]:
         """The frame's ``visible`` list in full-resolution pixels."""
-        mask = self.instance_mask(cam_to_world, k, width, height)
-        sx, sy = width / mask.shape[1], height / mask.shape[0]
-        return tuple(
-            Visibility(
-                instance_id=vis.instance_id,
-                bbox_2d=(vis.bbox_2d[0] * sx, vis.bbox_2d[1] * sy, vis.bbox_2d[2] * sx, vis.bbox_2d[3] * sy),
-                pixels=int(round(vis.pixels * sx * sy)),
-            )
-            for vis in visibility_from_mask(mask)
-        )
+        return visibility_from_mask(self.instance_mask(cam_to_world, k, width, height), size=(width, height))
 
 
 # ----------------------------------------------------------------------------------------------

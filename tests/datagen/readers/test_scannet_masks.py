@@ -19,7 +19,6 @@ from PIL import Image
 
 from datagen.readers import read_source_scene
 from datagen.readers.common import SourceFormatError
-from datagen.readers.scannet import visibility_from_instance_mask
 from datagen.scene import Visibility
 from datagen.visibility import BACKGROUND, visibility_from_mask
 
@@ -161,7 +160,7 @@ def test_bad_masks_raise_errors_naming_the_scene_file_and_reason(scan):
         read_source_scene("scannet", str(scan), SCENE, "val")
 
 
-def test_mask_visibility_matches_the_shared_per_instance_computation():
+def test_mask_visibility_scaled_to_the_video_matches_per_pixel_scaling():
     rng = np.random.default_rng(0)
     mask = rng.integers(0, 6, size=(48, 64)).astype(np.uint8)  # speckle: boxes span most of the frame
     for value in range(6, 30):  # and blobs: tight boxes
@@ -181,4 +180,4 @@ def test_mask_visibility_matches_the_shared_per_instance_computation():
         for v in visibility_from_mask(lut[mask])
     )
     assert len(expected) == 27
-    assert visibility_from_instance_mask(mask, lut, width, height) == expected
+    assert visibility_from_mask(lut[mask], size=(width, height)) == expected
