@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import base64
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -172,15 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from serve_apps.app import Vlm3rArgs
+    from serve_apps.ports import free_loopback_port
 
     args = Vlm3rArgs(model=opts.model, max_tokens_limit=max(opts.max_tokens, 64), token_cache_entries=0)
     with tempfile.TemporaryDirectory() as tmp:
         n_videos = opts.requests * len(opts.concurrency) + 1
         urls = synthetic_videos(n_videos, opts.frames, Path(tmp))
         warmup, urls = urls[0], urls[1:]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_loopback_port()
         ray.init(num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         results: dict[tuple[str, int], dict] = {}

@@ -12,9 +12,9 @@ import argparse
 import base64
 import mimetypes
 import os
-import socket
 import sys
 
+from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 
 
@@ -41,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     api_key = (
         os.environ.get(API_KEYS_ENV, "").split(",")[0].strip() or "local"
     )  # the replicas inherit the env
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})

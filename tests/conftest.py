@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from serve_apps.ports import free_loopback_port
+
 # Settings every test run needs, set before anything imports Ray.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -43,12 +45,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real S3 HTTP endpoint (moto_server) bound to 127.0.0.1 for the whole session.
@@ -56,7 +52,7 @@ def moto_endpoint():
     Sets ``AWS_ENDPOINT_URL`` so ``vlm3r_core.storage`` and Ray (started later in the session)
     reach it.
     """
-    port = _free_port()
+    port = free_loopback_port()
     server = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -6,7 +6,6 @@ frames per video to keep CPU time down), as ``make demo`` serves the model the t
 
 import base64
 import json
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
 from vlm3r_core.video import write_video
@@ -43,12 +43,6 @@ class Service:
 
     def stats(self):
         return self.encoder().stats.remote().result(timeout_s=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_scene_video(path: Path, num_frames: int, fps: float, seed: int) -> bytes:
@@ -106,7 +100,7 @@ def service(ray_local, moto_endpoint, tmp_path_factory):
         max_tokens_limit=32,
         request_timeout_s=90.0,
     )
-    port = _free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name=APP, route_prefix="/")
     videos = root / "videos"
