@@ -3,7 +3,7 @@
     python benchmarks/bench_qa.py [--scenes 5] [--objects 30] [--frames 300] [--pairs 40]
 
 Prints, for scenes of ``--objects`` boxes and ``--frames`` posed frames (built with
-:func:`datagen.tasks.scene_builder.random_scene`):
+:func:`tests.datagen.scene_builder.random_scene`):
 
 1. QA pairs per second and scenes per second per core for all 13 tasks (every question type),
    and whether the target holds: a 30-object scene yields all task types in under 2 s on one core;
@@ -28,7 +28,7 @@ from scipy.spatial.distance import cdist
 from datagen.qa import QAConfig, generate_scene_rows
 from datagen.scene_graph import obb_distance
 from datagen.tasks import TASKS
-from datagen.tasks.scene_builder import random_scene
+from tests.datagen.scene_builder import random_scene
 
 
 def reference_box_points(

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from serve_apps.app import Vlm3rArgs
+    from serve_apps.args import Vlm3rArgs
     from serve_apps.ports import free_loopback_port
 
     args = Vlm3rArgs(model=opts.model, max_tokens_limit=max(opts.max_tokens, 64), token_cache_entries=0)

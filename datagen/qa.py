@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from datagen.routes_habitat import RoutePlannerChoice, resolve_route_planner
-from datagen.scene import Scene, read_scene
+from datagen.routing import RoutePlannerChoice, resolve_route_planner
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import TASKS
 from datagen.tasks.common import fill_choices
 from datagen.vocabulary import VOCABULARIES, VocabularyChoice, vocabulary_tables
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
+from vlm3r_core.scene import Scene, read_scene
 from vlm3r_core.video import DEFAULT_NUM_FRAMES
 
 GENERATOR_VERSION = "vlm3r-qa-1"

@@ -36,8 +36,8 @@ from functools import cached_property
 
 import numpy as np
 
-from datagen.scene import Intrinsics, Scene
 from datagen.vocabulary import VocabularyChoice, question_vocabulary
+from vlm3r_core.scene import Intrinsics, Scene
 from vlm3r_core.video import DEFAULT_NUM_FRAMES, sample_frame_indices
 
 _CORNER_SIGNS = np.array(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.scene import Visibility
+from vlm3r_core.scene import Visibility
 
 BACKGROUND = -1
 

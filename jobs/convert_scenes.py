@@ -38,9 +38,9 @@ from datagen.readers import (
     scene_split,
 )
 from datagen.readers.arkitscenes import read_sky_directions
-from datagen.scene import SPLITS
 from jobs.common import init_ray, run_tasks
 from vlm3r_core import storage
+from vlm3r_core.scene import SPLITS
 
 MANIFEST_FLUSH_S = 10.0  # rewrite the manifest at most this often while scenes complete
 

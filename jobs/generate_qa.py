@@ -37,7 +37,7 @@ from datagen.qa import (
     scene_cache_uri,
     write_outputs,
 )
-from datagen.routes_habitat import ROUTE_PLANNERS
+from datagen.routing import ROUTE_PLANNERS
 from datagen.tasks import TASKS
 from datagen.vocabulary import VOCABULARIES
 from jobs.common import init_ray

@@ -7,7 +7,8 @@ neither Ray nor torch. Other models: ``serve run serve_apps.app:build_app model=
 
 def __getattr__(name: str):
     if name == "vlm3r":
-        from serve_apps.app import Vlm3rArgs, build_app
+        from serve_apps.app import build_app
+        from serve_apps.args import Vlm3rArgs
 
         return build_app(Vlm3rArgs())
     raise AttributeError(f"module 'serve_apps' has no attribute {name!r}")

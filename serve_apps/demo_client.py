@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from openai import OpenAI
     from ray import serve
 
-    from serve_apps.api import API_KEYS_ENV
-    from serve_apps.app import Vlm3rArgs, build_app
+    from serve_apps.app import build_app
+    from serve_apps.args import API_KEYS_ENV, Vlm3rArgs
 
     mime = mimetypes.guess_type(opts.video)[0] or "video/mp4"
     video_url = f"data:{mime};base64," + base64.b64encode(storage.read_bytes(opts.video)).decode()

@@ -23,20 +23,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import ray
 import torch
 from ray import serve
 from transformers.generation.streamers import BaseStreamer
 
+from serve_apps.args import Vlm3rArgs
 from vlm3r_core import inference
 from vlm3r_core.prompting import build_user_message
 from vlm3r_core.video import VideoTooLongError, read_video
 from vlm3r_core.vlm import FramePixels, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
-
-if TYPE_CHECKING:
-    from serve_apps.app import Vlm3rArgs
 
 VideoLimitError = VideoTooLongError  # over the frame-count or duration limit of the service
 

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from datagen.scene import SCENE_FILE, read_scene
 from vlm3r_core import storage
+from vlm3r_core.scene import SCENE_FILE, read_scene
 from vlm3r_core.tokens import (
     EncoderInfo,
     ManifestEntry,

@@ -3,7 +3,7 @@
 Entry points:
 
 - :func:`read_source_scene` reads one source scene into a :class:`ReadResult` (the validated
-  :class:`~datagen.scene.Scene`, how many frames were dropped and why, and where each video frame's
+  :class:`~vlm3r_core.scene.Scene`, how many frames were dropped and why, and where each video frame's
   pixels come from);
 - :func:`convert_scene` writes ``<out_root>/scenes/<dataset>/<scene_id>/`` with ``video.mp4`` (the
   kept frames, in order: frame ``index`` i of the scene is video frame i) and ``scene.json``
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from datagen.readers import arkitscenes, scannet, scannetpp
 from datagen.readers.common import VIDEO_FILE, ReadResult, SourceFormatError, iter_video_frames
-from datagen.scene import SPLITS, scene_dir, write_scene
 from vlm3r_core import storage
+from vlm3r_core.scene import SPLITS, scene_dir, write_scene
 from vlm3r_core.video import write_video_stream
 
 __all__ = [

@@ -53,8 +53,8 @@ from datagen.readers.common import (
     triangle_labels_from_boxes,
     video_fps,
 )
-from datagen.scene import Intrinsics, SceneObject
 from vlm3r_core import storage
+from vlm3r_core.scene import Intrinsics, SceneObject
 
 DATASET = "arkitscenes"
 POSE_TOLERANCE_S = 0.005

@@ -1,6 +1,6 @@
 """What the dataset readers share: file parsing with clear errors, meshes, boxes, room, visibility.
 
-Every reader turns one source scene into a :class:`datagen.scene.Scene` plus the list of images (or
+Every reader turns one source scene into a :class:`vlm3r_core.scene.Scene` plus the list of images (or
 source-video frames) that become the scene's ``video.mp4``. The pieces here are dataset-agnostic:
 
 - :func:`read_ply_mesh`: a small PLY reader (ascii and binary) for triangle meshes, so meshes can
@@ -36,9 +36,9 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 from shapely.geometry.polygon import orient
 
-from datagen.scene import Frame, Intrinsics, Room, Scene, SceneObject, VideoInfo, Visibility
 from datagen.visibility import BACKGROUND, visibility_from_mask
 from vlm3r_core import storage
+from vlm3r_core.scene import Frame, Intrinsics, Room, Scene, SceneObject, VideoInfo, Visibility
 
 logger = logging.getLogger("datagen.readers")
 

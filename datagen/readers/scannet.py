@@ -61,9 +61,9 @@ from datagen.readers.common import (
     room_from_mesh,
     triangle_labels_from_vertices,
 )
-from datagen.scene import Intrinsics, SceneObject
 from datagen.visibility import BACKGROUND, visibility_from_mask
 from vlm3r_core import storage
+from vlm3r_core.scene import Intrinsics, SceneObject
 
 DATASET = "scannet"
 SENSOR_FPS = 30.0  # ScanNet's colour stream rate; exported frame numbers count at this rate

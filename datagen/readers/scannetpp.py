@@ -43,8 +43,8 @@ from datagen.readers.common import (
     video_fps,
     video_size,
 )
-from datagen.scene import Intrinsics, SceneObject
 from vlm3r_core import storage
+from vlm3r_core.scene import Intrinsics, SceneObject
 
 DATASET = "scannetpp"
 DROP_NO_POSE_ENTRY = "no pose entry"

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from datagen.scene import scene_dir
 from datagen.synthetic.world import DATASET, SyntheticConfig, write_synthetic_scene
 from vlm3r_core import storage
+from vlm3r_core.scene import scene_dir
 
 MANIFEST_FILE = "manifest.jsonl"
 ERRORS_FILE = "errors.jsonl"

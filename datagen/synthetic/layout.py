@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from datagen.scene import Room, SceneObject
 from datagen.synthetic.vocabulary import CATEGORIES, ROOM_TYPES, Category, Part, RoomType, object_parts
+from vlm3r_core.scene import Room, SceneObject
 
 AREA_RANGE_M2 = (8.0, 80.0)
 HEIGHT_RANGE_M = (2.4, 3.2)

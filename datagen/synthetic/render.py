@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from datagen.scene import Intrinsics
 from datagen.synthetic.layout import Layout
 from datagen.visibility import BACKGROUND
+from vlm3r_core.scene import Intrinsics
 
 KIND_OBJECT, KIND_FLOOR, KIND_WALL, KIND_CEILING = 0, 1, 2, 3
 

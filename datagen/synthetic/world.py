@@ -2,7 +2,7 @@
 
 :func:`generate_scene` draws a room type, a room and its furniture (:mod:`.layout`), a hand-held
 scan through it (:mod:`.trajectory`), renders every frame on the CPU (:mod:`.render`) and fills
-the scene contract of :mod:`datagen.scene`: exact camera-to-world poses, intrinsics and, per
+the scene contract of :mod:`vlm3r_core.scene`: exact camera-to-world poses, intrinsics and, per
 frame, the visible instances measured from the rendered instance mask. Everything comes from the
 seed, so the same seed gives the same ``scene.json`` and the same video frames.
 
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datagen.scene import Frame, Scene, VideoInfo, scene_dir, write_scene
 from datagen.synthetic.layout import Layout, make_layout
 from datagen.synthetic.render import RenderedVideo, SceneRenderer, build_scene_mesh, pinhole_intrinsics
 from datagen.synthetic.trajectory import Trajectory, TrajectoryError, plan_trajectory
 from datagen.visibility import visibility_from_mask
 from vlm3r_core import storage
+from vlm3r_core.scene import Frame, Scene, VideoInfo, scene_dir, write_scene
 from vlm3r_core.video import write_video
 
 DATASET = "synthetic"

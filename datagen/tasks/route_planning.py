@@ -3,9 +3,9 @@
 "You are a robot beginning at the S facing the F. You want to navigate to the D. ... 1. [please fill
 in] 2. Go forward until the X. 3. [please fill in] 4. Go forward until the D. You have reached the
 final destination." The reference never released its generator (it came from a Habitat simulator);
-this one plans on the scene geometry with a :class:`~datagen.routes.RoutePlanner`: habitat-sim's
-navmesh when ``habitat_sim`` imports (:mod:`datagen.routes_habitat`), else the built-in exact planner
-(:mod:`datagen.routes`); ``planner`` picks one (``"auto"``, ``"builtin"``, ``"habitat"``).
+this one plans on the scene geometry with a :class:`~datagen.routing.RoutePlanner`: habitat-sim's
+navmesh when ``habitat_sim`` imports (:mod:`datagen.routing.habitat`), else the built-in exact planner
+(:mod:`datagen.routing.builtin`); ``planner`` picks one (``"auto"``, ``"builtin"``, ``"habitat"``).
 
 - S, F, D are distinct scene-unique categories; the robot starts beside S (the walkable point
   nearest to S's centre, at most 0.6 m from its footprint; of equally near sides, the one towards
@@ -35,8 +35,8 @@ from itertools import product
 import numpy as np
 from shapely.geometry import Point
 
-from datagen.routes import RoutePlanner, path_length, signed_turn_deg, simplify_path
-from datagen.routes_habitat import RoutePlannerChoice, make_route_planner
+from datagen.routing import RoutePlanner, RoutePlannerChoice, make_route_planner
+from datagen.routing.builtin import path_length, signed_turn_deg, simplify_path
 from datagen.scene_graph import SceneGraph
 from datagen.tasks.common import QAItem, Template
 

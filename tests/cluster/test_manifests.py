@@ -392,7 +392,7 @@ def test_ray_up_config_passes_rays_schema():
 
 
 def test_rayservice_args_are_valid_app_args():
-    from serve_apps.app import Vlm3rArgs
+    from serve_apps.args import Vlm3rArgs
 
     (app,) = yaml.safe_load(substitute(load(KUBERAY / "rayservice-vlm3r-a10g.yaml")["spec"]["serveConfigV2"]))["applications"]
     Vlm3rArgs(**app["args"])  # pydantic raises on an unknown or invalid field

@@ -1,4 +1,4 @@
-"""A stand-in for ``habitat_sim`` (0.3.x API) with just what :mod:`datagen.routes_habitat` uses.
+"""A stand-in for ``habitat_sim`` (0.3.x API) with just what :mod:`datagen.routing.habitat` uses.
 
 habitat-sim is conda-only, so tests put this module in ``sys.modules["habitat_sim"]``. It keeps
 habitat's documented semantics where our adapter depends on them:

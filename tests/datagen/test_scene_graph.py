@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.optimize import lsq_linear
 
 from datagen.scene_graph import SceneGraph, obb_distance, point_box_distance
-from datagen.tasks.scene_builder import box, look_at, make_scene, yaw_rotation
+from tests.datagen.scene_builder import box, look_at, make_scene, yaw_rotation
 
 I3 = np.eye(3)
 

@@ -5,13 +5,13 @@ import open3d as o3d
 import pytest
 import shapely
 
-from datagen.scene import read_scene
 from datagen.synthetic import SyntheticConfig, generate_scene, write_synthetic_scene
 from datagen.synthetic.layout import make_layout
 from datagen.synthetic.render import SceneRenderer, build_scene_mesh, pinhole_intrinsics
 from datagen.synthetic.vocabulary import CATEGORIES, ROOM_TYPES
 from datagen.synthetic.world import sample_layout_and_trajectory
 from vlm3r_core import storage
+from vlm3r_core.scene import read_scene
 from vlm3r_core.video import read_video
 
 SMALL = SyntheticConfig(width=160, height=120, fps=10, duration_s=3)

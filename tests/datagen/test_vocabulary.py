@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from datagen.qa import QAConfig, find_scenes, generate_scene_rows, process_scene, write_outputs
-from datagen.routes import FloorPlan
-from datagen.scene import DATASETS, write_scene
+from datagen.routing.builtin import FloorPlan
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
-from datagen.tasks.scene_builder import box, look_at, make_scene, random_scene
 from datagen.vocabulary import question_vocabulary, vocabulary_tables
 from jobs.generate_qa import parse_args
+from tests.datagen.scene_builder import box, look_at, make_scene, random_scene
 from vlm3r_core import storage
+from vlm3r_core.scene import DATASETS, write_scene
 
 # One raw ScanNet label per object of a random room (18 boxes); none of the OUT_OF_VOCABULARY ones
 # may ever be named under "vsibench", "trash can" + "recycling bin" count as 2 "trash bin"s and

@@ -11,9 +11,9 @@ import pytest  # noqa: E402
 import source_fixtures as sf  # noqa: E402
 
 from datagen.readers import errors_uri, read_manifest  # noqa: E402
-from datagen.scene import read_scene  # noqa: E402
 from jobs.convert_scenes import main  # noqa: E402
 from vlm3r_core import storage  # noqa: E402
+from vlm3r_core.scene import read_scene  # noqa: E402
 from vlm3r_core.video import read_video  # noqa: E402
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from datagen.qa import find_scenes, process_scene, write_outputs
-from datagen.scene import write_scene
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
-from datagen.tasks.scene_builder import random_scene
 from jobs.generate_qa import main, parse_args
+from tests.datagen.scene_builder import random_scene
 from vlm3r_core import storage
 from vlm3r_core.evaluation import read_benchmark
+from vlm3r_core.scene import write_scene
 from vlm3r_core.train_data import read_training_examples
 
 

@@ -4,10 +4,10 @@ import os
 
 import pytest
 
-from datagen.scene import list_scene_dirs, read_scene
 from datagen.synthetic.batch import plan_scenes
 from jobs.make_scenes import main, parse_args
 from vlm3r_core import storage
+from vlm3r_core.scene import list_scene_dirs, read_scene
 from vlm3r_core.video import read_video
 
 SMALL = ["--width", "160", "--height", "120", "--fps", "5", "--duration-s", "2", "--num-cpus-per-scene", "0.5"]

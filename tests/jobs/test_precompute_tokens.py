@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from datagen.scene import Scene, write_scene
 from jobs.precompute_tokens import main
 from vlm3r_core import storage
+from vlm3r_core.scene import Scene, write_scene
 from vlm3r_core.tokens import (
     EncoderInfo,
     VideoTokens,

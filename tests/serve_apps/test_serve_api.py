@@ -9,7 +9,10 @@ import pydantic
 import pytest
 import yaml
 
-from serve_apps.api import (
+from serve_apps.app import build_app
+from serve_apps.args import Vlm3rArgs
+from serve_apps.deployments import TokenCache
+from serve_apps.openai_protocol import (
     ApiError,
     authorize,
     check_uri_allowed,
@@ -19,8 +22,6 @@ from serve_apps.api import (
     requested_max_tokens,
     split_options,
 )
-from serve_apps.app import Vlm3rArgs, build_app
-from serve_apps.deployments import TokenCache
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -79,7 +79,8 @@ def service(ray_local, moto_endpoint, tmp_path_factory):
     import boto3
     from ray import serve
 
-    from serve_apps.app import Vlm3rArgs, build_app
+    from serve_apps.app import build_app
+    from serve_apps.args import Vlm3rArgs
 
     root = tmp_path_factory.mktemp("serve")
     model_dir = str(root / "model")
@@ -354,7 +355,7 @@ def test_request_timeout_gives_504(service, scene_video):
     from ray import serve
 
     from serve_apps.api import Vlm3rIngress
-    from serve_apps.app import Vlm3rArgs
+    from serve_apps.args import Vlm3rArgs
 
     args = Vlm3rArgs(request_timeout_s=0.001)
     encoder = serve.get_deployment_handle("GeometryEncoder", app_name=APP)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.scene import Scene, write_scene
 from vlm3r_core import storage
 from vlm3r_core.geometry import Cut3r
 from vlm3r_core.precompute import (
@@ -20,6 +19,7 @@ from vlm3r_core.precompute import (
     list_videos,
     model_config,
 )
+from vlm3r_core.scene import Scene, write_scene
 from vlm3r_core.tokens import (
     ManifestEntry,
     TokenError,

@@ -145,7 +145,8 @@ class PoseRetriever(nn.Module):
 class Cut3r(nn.Module):
     """CUT3R with the official checkpoint's module names.
 
-    Build with `Cut3r.from_config(cfg)` (random weights) or `Cut3r.from_pretrained(uri)`.
+    Build with `Cut3r.from_config(cfg)` (random weights) or `checkpoint.load_cut3r(uri)`
+    (official `.pth` or our safetensors folder; `checkpoint.save_cut3r` writes the latter).
     Inference runs under `torch.no_grad` in the parameters' dtype (float32 by default; cast the
     model with `.to(torch.bfloat16)` for bf16 on a GPU). RoPE is always computed in float32.
     """
@@ -187,22 +188,6 @@ class Cut3r(nn.Module):
     def from_config(cls, config: Cut3rConfig) -> Cut3r:
         """A randomly initialised model in eval mode, frozen (VLM-3R never trains CUT3R)."""
         return cls(config).eval().requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, path_or_uri: str, **config_overrides) -> Cut3r:
-        """Loads an official `.pth` checkpoint or our safetensors form (see `checkpoint.py`).
-
-        `config_overrides` select parts, e.g. `enable_point_heads=True` to keep the DPT heads.
-        """
-        from vlm3r_core.geometry.checkpoint import load_cut3r
-
-        return load_cut3r(path_or_uri, **config_overrides)
-
-    def save_pretrained(self, uri: str) -> None:
-        """Writes `config.json` and `model.safetensors` under the folder `uri` (local or s3://)."""
-        from vlm3r_core.geometry.checkpoint import save_cut3r
-
-        save_cut3r(self, uri)
 
     @property
     def device(self) -> torch.device:

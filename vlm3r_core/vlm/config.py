@@ -19,7 +19,13 @@ from vlm3r_core.fusion import FUSION_VARIANTS
 from vlm3r_core.geometry.config import Cut3rConfig
 from vlm3r_core.prompting import PromptConfig
 
-__all__ = ["Vlm3rConfig"]
+__all__ = ["BASE_COMPONENTS", "COMPONENTS", "TRAINABLE_PREFIXES", "Vlm3rConfig"]
+
+# The parts of the model (their names are checkpoint keys), the frozen ones with base weights, and
+# the prefixes of the parts that always train (the LLM trains through LoRA).
+COMPONENTS = ("vision_tower", "cut3r", "fusion", "projector", "image_newline", "language_model")
+BASE_COMPONENTS = ("vision_tower", "cut3r", "language_model")
+TRAINABLE_PREFIXES = ("fusion.", "projector.", "image_newline")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,7 +57,7 @@ class Vlm3rConfig:
         llm_weights: Qwen2 (+ LLaVA projector and newline) weights: a LLaVA-Video HF checkpoint
             (``LlavaOnevisionForConditionalGeneration`` layout) or a plain Qwen2 checkpoint; None
             keeps the seeded random init.
-        cut3r_weights: CUT3R checkpoint for ``Cut3r.from_pretrained``; None keeps the random init.
+        cut3r_weights: CUT3R checkpoint for ``geometry.checkpoint.load_cut3r``; None keeps the random init.
         dtype: parameter dtype of the model ("float32", "bfloat16", "float16").
         seed: seed of the random init (so a model without base weights is reproducible).
     """

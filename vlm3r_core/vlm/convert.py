@@ -31,14 +31,9 @@ import torch
 
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
+from vlm3r_core.vlm.checkpoint import ADAPTER_DIR, CONFIG_FILE, WEIGHTS_FILE, upload_folder
 from vlm3r_core.vlm.config import Vlm3rConfig
-from vlm3r_core.vlm.model import (
-    ADAPTER_DIR,
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    Vlm3rForConditionalGeneration,
-    upload_folder,
-)
+from vlm3r_core.vlm.model import Vlm3rForConditionalGeneration
 
 __all__ = ["convert_release", "main"]
 

@@ -27,37 +27,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import re
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-from vlm3r_core import prompting, storage
+from vlm3r_core import prompting
 from vlm3r_core.fusion import SpatialFusion
 from vlm3r_core.geometry import Cut3r
-from vlm3r_core.vlm.config import Vlm3rConfig
+from vlm3r_core.geometry.checkpoint import load_cut3r
+from vlm3r_core.vlm import checkpoint
+from vlm3r_core.vlm.config import BASE_COMPONENTS, COMPONENTS, Vlm3rConfig
 from vlm3r_core.vlm.processor import IGNORE_INDEX, FramePixels
-from vlm3r_core.vlm.tokenizer import load_tokenizer
 
 __all__ = ["COMPONENTS", "VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-ADAPTER_DIR = "adapter"
-TOKENIZER_DIR = "tokenizer"
-COMPONENTS = ("vision_tower", "cut3r", "fusion", "projector", "image_newline", "language_model")
-BASE_COMPONENTS = ("vision_tower", "cut3r", "language_model")
-TRAINABLE_PREFIXES = ("fusion.", "projector.", "image_newline")
 
 
 @dataclass
@@ -251,50 +240,25 @@ class Vlm3rForConditionalGeneration(nn.Module):
         SigLIP and Qwen2 come from Hugging Face safetensors checkpoints (a folder, URI or hub id):
         a SigLIP checkpoint, a plain Qwen2 checkpoint, or a LLaVA-Video checkpoint in either
         the transformers (``llava-hf``) or the original LLaVA layout, which also provides the
-        projector init and the newline token. CUT3R loads with ``Cut3r.from_pretrained``.
+        projector init and the newline token. CUT3R loads with ``geometry.checkpoint.load_cut3r``.
         """
-        self._require(components, "load_base_weights")
+        self.require(components, "load_base_weights")
         refs = {"vision_tower": self.config.vision_weights, "language_model": self.config.llm_weights}
         wanted = {c for c in components if c in refs and refs[c] is not None}
         for ref in sorted({refs[c] for c in wanted}):
             parts = {c for c in wanted if refs[c] == ref}
             if "language_model" in parts:  # optional: LLaVA checkpoints hold them
                 parts |= {c for c in ("projector", "image_newline") if getattr(self, c) is not None}
-            loaded = self._load_hf_checkpoint(ref, parts)
+            targets = {c: self.component_state(c) for c in parts}
+            loaded = checkpoint.load_base_checkpoint(ref, targets, self.config.vision["num_hidden_layers"] - 1)
             for c in wanted & parts:
                 if c not in loaded:
                     raise ValueError(f"{ref}: holds no {c} weights")
         if "cut3r" in components and self.config.cut3r_weights is not None:
-            source = Cut3r.from_pretrained(self.config.cut3r_weights)
+            source = load_cut3r(self.config.cut3r_weights)
             self.cut3r.load_state_dict(source.state_dict())
 
-    def _load_hf_checkpoint(self, ref: str, parts: set[str]) -> set[str]:
-        """Copies the tensors of ``parts`` found in a safetensors checkpoint; returns the parts found."""
-        targets = {c: self._component_state(c) for c in parts}
-        seen: dict[str, set[str]] = {c: set() for c in parts}
-        for shard in _checkpoint_shards(ref):
-            for name, tensor in shard.items():
-                mapped = _map_base_key(name, self.config.vision["num_hidden_layers"] - 1)
-                if mapped is None or mapped[0] not in parts or mapped[1] not in targets[mapped[0]]:
-                    continue
-                component, key = mapped
-                target = targets[component][key]
-                if tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(
-                        f"{ref}: {component}.{key} has shape {tuple(tensor.shape)}, the config expects "
-                        f"{tuple(target.shape)} (check the preset's vision/text sizes, e.g. vocab_size)"
-                    )
-                with torch.no_grad():
-                    target.copy_(tensor)
-                seen[component].add(key)
-        found = {c for c in parts if seen[c]}
-        for c in found:
-            missing = set(targets[c]) - seen[c]
-            if missing:
-                raise ValueError(f"{ref}: {c} is missing {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
-        return found
-
-    def _component_state(self, component: str) -> dict[str, torch.Tensor]:
+    def component_state(self, component: str) -> dict[str, torch.Tensor]:
         """Parameters and buffers of a component under checkpoint names (LoRA wrappers removed)."""
         if component == "image_newline":
             return {"": self.image_newline.data}
@@ -313,7 +277,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         """The parts this model was built with (names in ``COMPONENTS``)."""
         return tuple(c for c in COMPONENTS if getattr(self, c) is not None)
 
-    def _require(self, needed: Sequence[str], what: str) -> None:
+    def require(self, needed: Sequence[str], what: str) -> None:
         """Raises ``ValueError`` naming the parts in ``needed`` this model was built without."""
         missing = [c for c in needed if getattr(self, c) is None]
         if missing:
@@ -334,7 +298,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         Returns:
             ``VideoFeatures`` with zeros at padding frames.
         """
-        self._require(("vision_tower", "cut3r"), "encode_frames")
+        self.require(("vision_tower", "cut3r"), "encode_frames")
         mask = pixels.frame_mask.to(self.device, torch.bool)
         dtype = self.config.torch_dtype
         siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
@@ -359,7 +323,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             B tensors (T_b * h * (h + 1), D), frame-major, rows of h tokens each followed by the
             newline token.
         """
-        self._require(("fusion", "projector", "image_newline"), "embed_video")
+        self.require(("fusion", "projector", "image_newline"), "embed_video")
         cfg = self.config
         mask = features.frame_mask.to(self.device, torch.bool)
         dtype = cfg.torch_dtype
@@ -455,7 +419,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         needed = ("fusion", "projector", "image_newline", "language_model")
         if pixels is not None:
             needed = ("vision_tower", "cut3r", *needed)
-        self._require(needed, "forward / generate" if pixels is None else "forward / generate with pixels=")
+        self.require(needed, "forward / generate" if pixels is None else "forward / generate with pixels=")
         return self.embed_video(self.encode_frames(pixels) if features is None else features)
 
     def forward(
@@ -530,7 +494,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
     def _lm(self) -> Qwen2ForCausalLM:
         """The Qwen2 model (inside the LoRA wrapper when applied; LoRA layers stay active)."""
-        self._require(("language_model",), "the language model")
+        self.require(("language_model",), "the language model")
         lm = self.language_model
         return lm.get_base_model() if isinstance(lm, PeftModel) else lm
 
@@ -544,7 +508,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         Defaults come from the config (r 128, alpha 256, dropout 0.05 for ``vlm3r-7b``); values
         given here are written back into ``self.config``.
         """
-        self._require(("language_model",), "apply_lora")
+        self.require(("language_model",), "apply_lora")
         if isinstance(self.language_model, PeftModel):
             raise ValueError("LoRA is already applied")
         self.config = self.config.replace(
@@ -594,47 +558,9 @@ class Vlm3rForConditionalGeneration(nn.Module):
     # Save / load -----------------------------------------------------------------------------------
 
     def save_pretrained(self, uri: str, processor=None) -> None:
-        """Writes the model under a folder URI (local path, ``file://`` or ``s3://``).
-
-        Layout: ``config.json`` (the ``Vlm3rConfig`` with prompt settings and frame count, plus
-        which parts are stored), ``model.safetensors`` (fusion, projector, newline, and the base
-        components without a weight reference: all of them for ``tiny``, the LLM after
-        ``merge_and_unload``), ``adapter/`` (peft LoRA adapter) and ``tokenizer/``.
-
-        The frozen encoders may be missing (a training model): they are not stored, and
-        ``from_pretrained`` rebuilds them from the config (weight reference or seeded init), as
-        ``from_config`` would. Every other component holds trained state and must be present.
-        """
-        self._require(("fusion", "projector", "image_newline", "language_model"), "save_pretrained")
-        refs = {
-            "vision_tower": self.config.vision_weights,
-            "language_model": self.config.llm_weights,
-            "cut3r": self.config.cut3r_weights,
-        }
-        stored = [
-            c
-            for c in self.components
-            if c in BASE_COMPONENTS and (refs[c] is None or (c == "language_model" and self.lora_merged))
-        ]
-        tensors = {k: v for k, v in self.state_dict().items() if k.startswith(TRAINABLE_PREFIXES)}
-        for component in stored:
-            tensors.update({f"{component}.{k}": v for k, v in self._component_state(component).items()})
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        storage.write_bytes(storage.join(uri, WEIGHTS_FILE), safetensors.torch.save(tensors))
-        has_adapter = isinstance(self.language_model, PeftModel)
-        if has_adapter:
-            upload_folder(self.language_model.save_pretrained, storage.join(uri, ADAPTER_DIR))
-        tokenizer = processor.tokenizer if processor is not None else load_tokenizer(self.config.tokenizer)
-        upload_folder(tokenizer.save_pretrained, storage.join(uri, TOKENIZER_DIR))
-        storage.write_json(
-            storage.join(uri, CONFIG_FILE),
-            {
-                "format": "vlm3r",
-                "config": self.config.to_dict(),
-                "stored_components": stored,
-                "lora": has_adapter,
-            },
-        )
+        """Writes the model under a folder URI (local path, ``file://`` or ``s3://``) in the layout
+        of :mod:`vlm3r_core.vlm.checkpoint`, with ``processor``'s tokenizer (else the config's)."""
+        checkpoint.save_model(self, uri, processor)
 
     @classmethod
     def from_pretrained(
@@ -644,130 +570,9 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
         ``components`` picks the parts to build and load, as in ``from_config``.
         """
-        meta = _read_meta(uri)
-        config = Vlm3rConfig.from_dict(meta["config"])
+        meta = checkpoint.read_saved_meta(uri)
         stored = {c for c in meta["stored_components"] if c in components}
-        model = cls.from_config(config, load_base_weights=False, components=components)
+        model = cls.from_config(Vlm3rConfig.from_dict(meta["config"]), load_base_weights=False, components=components)
         model.load_base_weights([c for c in BASE_COMPONENTS if c in components and c not in stored])
-        tensors = safetensors.torch.load(storage.read_bytes(storage.join(uri, WEIGHTS_FILE)))
-        for component in [c for c in ("fusion", "projector") if c in components] + sorted(stored):
-            target = (
-                model._component_state(component)
-                if component in BASE_COMPONENTS
-                else getattr(model, component).state_dict()
-            )
-            given = {k[len(component) + 1 :]: v for k, v in tensors.items() if k.startswith(component + ".")}
-            missing, unexpected = set(target) - set(given), set(given) - set(target)
-            if missing or unexpected:
-                raise ValueError(
-                    f"{uri}: {component} weights do not match the config "
-                    f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-                )
-            with torch.no_grad():
-                for k, v in given.items():
-                    target[k].copy_(v)
-        if "image_newline" in tensors and "image_newline" in components:
-            with torch.no_grad():
-                model.image_newline.copy_(tensors["image_newline"])
-        if meta["lora"] and "language_model" in components:
-            model.apply_lora()
-            adapter = safetensors.torch.load(
-                storage.read_bytes(storage.join(uri, ADAPTER_DIR, "adapter_model.safetensors"))
-            )
-            result = set_peft_model_state_dict(model.language_model, adapter)
-            if result.unexpected_keys:
-                raise ValueError(
-                    f"{uri}: adapter has keys the model lacks, e.g. {result.unexpected_keys[:3]}"
-                )
+        checkpoint.load_saved_weights(model, uri, meta)
         return model.to(device) if device is not None else model
-
-
-def upload_folder(save: Callable[[str], None], uri: str) -> None:
-    """Runs a ``save_pretrained``-style writer into a temporary folder and copies its files to ``uri``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        save(tmp)
-        for path in sorted(Path(tmp).iterdir()):
-            storage.write_bytes(storage.join(uri, path.name), path.read_bytes())
-
-
-def _read_meta(uri: str) -> dict:
-    meta = storage.read_json(storage.join(uri, CONFIG_FILE))
-    if meta.get("format") != "vlm3r":
-        raise ValueError(f"{uri}: {CONFIG_FILE} is not a VLM-3R model folder (no format='vlm3r')")
-    return meta
-
-
-def read_saved_config(uri: str) -> Vlm3rConfig:
-    """The ``Vlm3rConfig`` stored in a saved model folder."""
-    return Vlm3rConfig.from_dict(_read_meta(uri)["config"])
-
-
-def saved_tokenizer(uri: str, config: Vlm3rConfig):
-    """The tokenizer saved with a model (``<uri>/tokenizer/``), else the one the config names."""
-    files = storage.list_files(storage.join(uri, TOKENIZER_DIR))
-    if not files:
-        return load_tokenizer(config.tokenizer)
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in files:
-            Path(tmp, f.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(f))
-        return load_tokenizer(tmp)
-
-
-# Base checkpoints ----------------------------------------------------------------------------------
-
-# (pattern, component, replacement) for the key layouts of SigLIP, Qwen2 and LLaVA-Video checkpoints:
-# google/siglip-* (`vision_model.*`), transformers LlavaOnevision (old `vision_tower.vision_model.*`,
-# `language_model.model.*`, `multi_modal_projector.*`; new `model.vision_tower.*`,
-# `model.language_model.*`, `lm_head.*`), original LLaVA (`model.vision_tower.vision_tower.*`,
-# `model.mm_projector.{0,2}.*`), plain Qwen2 (`model.*`, `lm_head.*`).
-_BASE_KEY_RULES = [
-    (r"^(?:model\.)?vision_tower\.(?:vision_tower\.)?(?:vision_model\.)?(.*)$", "vision_tower", r"\1"),
-    (r"^vision_model\.(.*)$", "vision_tower", r"\1"),
-    (r"^(?:model\.)?multi_modal_projector\.(.*)$", "projector", r"\1"),
-    (r"^model\.mm_projector\.0\.(.*)$", "projector", r"linear_1.\1"),
-    (r"^model\.mm_projector\.2\.(.*)$", "projector", r"linear_2.\1"),
-    (r"^(?:model\.)?image_newline$", "image_newline", ""),
-    (r"^(?:model\.)?language_model\.model\.(.*)$", "language_model", r"model.\1"),
-    (r"^(?:model\.)?language_model\.lm_head\.(.*)$", "language_model", r"lm_head.\1"),
-    (r"^model\.language_model\.(.*)$", "language_model", r"model.\1"),
-    (r"^lm_head\.(.*)$", "language_model", r"lm_head.\1"),
-    (r"^model\.((?:embed_tokens|layers|norm|rotary_emb)\..*)$", "language_model", r"model.\1"),
-]
-
-
-def _map_base_key(key: str, vision_layers: int) -> tuple[str, str] | None:
-    """Maps a base checkpoint key to ``(component, key)``; None for tensors we do not use."""
-    for pattern, component, replacement in _BASE_KEY_RULES:
-        m = re.match(pattern, key)
-        if m:
-            mapped = m.expand(replacement)
-            if component == "vision_tower":
-                layer = re.match(r"encoder\.layers\.(\d+)\.", mapped)
-                if mapped.startswith("head.") or (layer and int(layer.group(1)) >= vision_layers):
-                    return None  # pooling head and the last block: unused (penultimate features)
-            return component, mapped
-    return None
-
-
-def _checkpoint_shards(ref: str) -> Iterator[dict[str, torch.Tensor]]:
-    """Yields the safetensors shards of a checkpoint: a file or folder (local or URI) or a hub id."""
-    if storage.exists(ref):
-        files = [ref] if ref.endswith(".safetensors") else storage.list_files(ref, ".safetensors")
-        if not files:
-            raise ValueError(f"{ref}: no .safetensors files")
-        for f in files:
-            if storage.is_remote(f):
-                yield safetensors.torch.load(storage.read_bytes(f))
-            else:
-                yield safetensors.torch.load_file(storage.filesystem(f)[1])
-        return
-    if os.path.isabs(ref) or ref.startswith((".", "~")) or "://" in ref:
-        raise FileNotFoundError(f"base weights {ref!r} not found")
-    from huggingface_hub import snapshot_download
-
-    folder = snapshot_download(ref, allow_patterns=["*.safetensors", "*.json"])
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"hub checkpoint {ref!r} has no .safetensors files")
-    for f in files:
-        yield safetensors.torch.load_file(str(f))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm3r_core import prompting, storage
+from vlm3r_core.vlm.checkpoint import TOKENIZER_DIR, read_saved_config, saved_tokenizer, upload_folder
 from vlm3r_core.vlm.config import Vlm3rConfig
 from vlm3r_core.vlm.tokenizer import load_tokenizer
 
@@ -103,15 +104,11 @@ class Vlm3rProcessor:
     @classmethod
     def from_pretrained(cls, uri: str) -> Vlm3rProcessor:
         """Loads the processor of a model saved with ``Vlm3rForConditionalGeneration.save_pretrained``."""
-        from vlm3r_core.vlm.model import read_saved_config, saved_tokenizer
-
         config = read_saved_config(uri)
         return cls(config, saved_tokenizer(uri, config))
 
     def save_pretrained(self, uri: str) -> None:
         """Writes the tokenizer files under ``<uri>/tokenizer/`` (the model's saved layout)."""
-        from vlm3r_core.vlm.model import TOKENIZER_DIR, upload_folder
-
         upload_folder(self.tokenizer.save_pretrained, storage.join(uri, TOKENIZER_DIR))
 
     # Frames ----------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from datagen.tasks import scene_builder
-from datagen.tasks.scene_builder import yaw_rotation as yaw_matrix
+from tests.datagen import scene_builder
+from tests.datagen.scene_builder import yaw_rotation as yaw_matrix
 
 ROOM_X, ROOM_Y, ROOM_H = 4.0, 3.0, 2.5
 TABLE_CENTER = np.array([2.0, 1.5, 0.4])

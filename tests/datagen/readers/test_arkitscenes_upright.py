@@ -11,7 +11,7 @@ import source_fixtures as sf
 from datagen.readers import convert_scene, read_source_scene
 from datagen.readers.arkitscenes import read_sky_directions
 from datagen.readers.common import SourceFormatError
-from datagen.scene import read_scene
+from vlm3r_core.scene import read_scene
 from vlm3r_core.video import read_video
 
 VIDEO = "41069025"

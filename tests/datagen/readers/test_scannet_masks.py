@@ -19,8 +19,8 @@ from PIL import Image
 
 from datagen.readers import read_source_scene
 from datagen.readers.common import SourceFormatError
-from datagen.scene import Visibility
 from datagen.visibility import BACKGROUND, visibility_from_mask
+from vlm3r_core.scene import Visibility
 
 SCENE = "scene0000_00"
 COLOUR_W, COLOUR_H = 1296, 968

@@ -10,7 +10,7 @@ import source_fixtures as sf
 
 from datagen.readers import convert_scene, list_source_scenes, official_splits, read_source_scene
 from datagen.readers.common import SourceFormatError
-from datagen.scene import read_scene
+from vlm3r_core.scene import read_scene
 from vlm3r_core.video import read_video
 
 SCENE = "7b6477cb95"

@@ -18,7 +18,7 @@ import math
 import pytest
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.scene_builder import box, look_at, make_scene
+from tests.datagen.scene_builder import box, look_at, make_scene
 
 ROOM_OBJECTS = [
     box(1, "bed", (1, 1, 0.3), (2, 1.6, 0.6)),

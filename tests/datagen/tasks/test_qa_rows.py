@@ -18,10 +18,10 @@ from datagen.qa import (
     scene_cache_uri,
     write_outputs,
 )
-from datagen.scene import write_scene
-from datagen.tasks.scene_builder import random_scene
+from tests.datagen.scene_builder import random_scene
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig
+from vlm3r_core.scene import write_scene
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from conftest import ROOM_OBJECTS
 
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import obj_appearance_order
-from datagen.tasks.scene_builder import look_at, make_scene
+from tests.datagen.scene_builder import look_at, make_scene
 
 # 64 video frames at 2 fps: the 32 sampled frames are 0, 2, 4, ..., 63 (linspace(0, 63, 32) as int),
 # so sampled frame k is video frame ~2k, at ~k seconds.

@@ -19,7 +19,7 @@ from datagen.tasks import (
     camera_obj_abs_dist,
     camera_obj_rel_dist,
 )
-from datagen.tasks.scene_builder import box, look_at, make_scene
+from tests.datagen.scene_builder import box, look_at, make_scene
 
 
 def _frame_number(question: str, which: int = 0) -> int:

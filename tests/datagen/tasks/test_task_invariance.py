@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import TASKS
-from datagen.tasks.scene_builder import random_scene, transform_scene
+from tests.datagen.scene_builder import random_scene, transform_scene
 
 CAP = 6
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import obj_obj_relative_pos as rp
-from datagen.tasks.scene_builder import box, look_at, make_scene
+from tests.datagen.scene_builder import box, look_at, make_scene
 
 # Camera at (0, 0, 1) looking along +y: camera x = world x, camera y = -(world z - 1), depth = world y.
 # In the camera frame (x, y, depth ranges):  a [-1.2, -0.8] x [-0.2, 0.2] x [2.8, 3.2]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import object_rel_direction as rd
 from datagen.tasks.common import ccw_angle_deg
-from datagen.tasks.scene_builder import box, look_at, make_scene, transform_scene
+from tests.datagen.scene_builder import box, look_at, make_scene, transform_scene
 
 HARD, MEDIUM, EASY = rd.HARD, rd.MEDIUM, rd.EASY
 

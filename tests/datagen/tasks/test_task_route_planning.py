@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datagen.routes import FloorPlan
+from datagen.routing.builtin import FloorPlan
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
-from datagen.tasks.scene_builder import box, look_at, make_scene, transform_scene
+from tests.datagen.scene_builder import box, look_at, make_scene, transform_scene
 
 # Room 6 x 6. A bookshelf (y [2.0, 2.5]) and a cabinet behind it (y [2.5, 3.5]) run from the left
 # wall to x = 4, so the way from the plant (bottom left) to the desk (top left) goes around their

@@ -13,7 +13,9 @@ from vlm3r_core.geometry import Cut3r, get_cut3r_config
 from vlm3r_core.geometry.checkpoint import (
     Cut3rCheckpointError,
     config_from_constructor,
+    load_cut3r,
     parse_constructor,
+    save_cut3r,
 )
 
 
@@ -29,21 +31,21 @@ def test_official_pth_to_safetensors_and_back_is_bitwise(tmp_path, monkeypatch, 
     official = write_official_checkpoint(path, tiny_full_model, TINY_CONSTRUCTOR, monkeypatch)
 
     with caplog.at_level(logging.INFO, logger="vlm3r_core.geometry.checkpoint"):
-        full = Cut3r.from_pretrained(str(path), enable_point_heads=True)
+        full = load_cut3r(str(path), enable_point_heads=True)
     assert full.config == get_cut3r_config("tiny", enable_point_heads=True)
     _assert_same_weights(full, tiny_full_model)
     assert "skipped 30 unused" in caplog.text and "enc_blocks_ray_map" in caplog.text
 
     # DPT aliases and tokens-only loading: no point-head weights are kept.
-    tokens_only = Cut3r.from_pretrained(str(path))
+    tokens_only = load_cut3r(str(path))
     assert not any(k.startswith("downstream_head.dpt") for k in tokens_only.state_dict())
     assert torch.equal(
         tokens_only.state_dict()["enc_blocks.1.attn.qkv.weight"], official["enc_blocks.1.attn.qkv.weight"]
     )
 
     folder = tmp_path / "ours"
-    full.save_pretrained(str(folder))
-    again = Cut3r.from_pretrained(str(folder))  # config.json keeps enable_point_heads=True
+    save_cut3r(full, str(folder))
+    again = load_cut3r(str(folder))  # config.json keeps enable_point_heads=True
     _assert_same_weights(again, full)
     frames = random_frames(1, 2, seed=1)
     a, b = full.encode_video(frames), again.encode_video(frames)
@@ -56,7 +58,7 @@ def test_linear_head_layout_loads(tmp_path, monkeypatch):
     linear = Cut3r.from_config(get_cut3r_config("tiny", head_type="linear", enable_point_heads=True))
     constructor = TINY_CONSTRUCTOR.replace("head_type='dpt'", "head_type='linear'")
     write_official_checkpoint(tmp_path / "linear.pth", linear, constructor, monkeypatch)
-    loaded = Cut3r.from_pretrained(str(tmp_path / "linear.pth"), enable_point_heads=True)
+    loaded = load_cut3r(str(tmp_path / "linear.pth"), enable_point_heads=True)
     _assert_same_weights(loaded, linear)
     assert loaded.encode_video(random_frames(1, 2)).pointmaps.points_in_world.shape == (1, 2, 32, 48, 3)
 
@@ -109,7 +111,7 @@ def test_missing_and_unexpected_keys_are_reported(tmp_path, monkeypatch, tiny_fu
 
     torch.save({"model": state, "args": make_official_args(monkeypatch, TINY_CONSTRUCTOR)}, path)
     with pytest.raises(Cut3rCheckpointError) as error:
-        Cut3r.from_pretrained(str(path))
+        load_cut3r(str(path))
     message = str(error.value)
     assert "1 missing key(s): dec_blocks.1.cross_attn.projk.weight" in message
     assert "1 unexpected key(s): dec_blocks.7.mlp.fc1.weight" in message
@@ -117,9 +119,9 @@ def test_missing_and_unexpected_keys_are_reported(tmp_path, monkeypatch, tiny_fu
 
 
 def test_a_token_path_folder_cannot_provide_point_heads(tmp_path, tiny_model):
-    tiny_model.save_pretrained(str(tmp_path / "tokens"))
+    save_cut3r(tiny_model, str(tmp_path / "tokens"))
     with pytest.raises(Cut3rCheckpointError, match="missing key"):
-        Cut3r.from_pretrained(str(tmp_path / "tokens"), enable_point_heads=True)
+        load_cut3r(str(tmp_path / "tokens"), enable_point_heads=True)
 
 
 def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, monkeypatch):
@@ -132,21 +134,21 @@ def test_pickled_code_in_a_checkpoint_is_never_run(tmp_path, monkeypatch):
 
     torch.save({"model": {"w": torch.zeros(1)}, "args": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(Cut3rCheckpointError, match="constructor string"):
-        Cut3r.from_pretrained(str(tmp_path / "evil.pth"))
+        load_cut3r(str(tmp_path / "evil.pth"))
     assert not marker.exists()
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such CUT3R checkpoint"):
-        Cut3r.from_pretrained(str(tmp_path / "nope.pth"))
+        load_cut3r(str(tmp_path / "nope.pth"))
 
 
 def test_save_and_load_through_s3(moto_s3, tmp_path, monkeypatch, tiny_full_model):
     path = tmp_path / "official.pth"
     write_official_checkpoint(path, tiny_full_model, TINY_CONSTRUCTOR, monkeypatch)
     storage.write_bytes(f"{moto_s3}/ckpt/official.pth", path.read_bytes())
-    from_s3 = Cut3r.from_pretrained(f"{moto_s3}/ckpt/official.pth")
-    from_s3.save_pretrained(f"{moto_s3}/cut3r-tiny")
-    again = Cut3r.from_pretrained(f"{moto_s3}/cut3r-tiny")
+    from_s3 = load_cut3r(f"{moto_s3}/ckpt/official.pth")
+    save_cut3r(from_s3, f"{moto_s3}/cut3r-tiny")
+    again = load_cut3r(f"{moto_s3}/cut3r-tiny")
     _assert_same_weights(again, from_s3)
     assert storage.exists(f"{moto_s3}/cut3r-tiny/model.safetensors")

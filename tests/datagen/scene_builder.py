@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from datagen.scene import Frame, Intrinsics, Room, Scene, SceneObject, VideoInfo, Visibility
+from vlm3r_core.scene import Frame, Intrinsics, Room, Scene, SceneObject, VideoInfo, Visibility
 
 WORLD_UP = np.array([0.0, 0.0, 1.0])
 

@@ -13,7 +13,7 @@ path's corners are obstacle corners, which are the natural turn points of a rout
 the other side, so a route with a near-equal alternative way round can be rejected.
 
 :class:`RoutePlanner` is what the route task asks of a planner. :class:`FloorPlan` is the built-in
-one (pip-installable dependencies only); :mod:`datagen.routes_habitat` computes the walkable floor
+one (pip-installable dependencies only); :mod:`datagen.routing.habitat` computes the walkable floor
 and the shortest paths with habitat-sim's navmesh instead.
 
 Everything is 2D in world XY (metres, Z up); angles are counter-clockwise seen from +Z, so a
@@ -34,7 +34,7 @@ from scipy.sparse.csgraph import dijkstra
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon
 from shapely.ops import nearest_points, unary_union
 
-from datagen.scene import Scene, SceneObject
+from vlm3r_core.scene import Scene, SceneObject
 
 _TOLERANCE_M = 1e-6  # segments may run along the free-space boundary
 APPROACH_TIE_M = 0.05

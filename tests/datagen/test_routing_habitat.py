@@ -12,21 +12,14 @@ import numpy as np
 import pytest
 
 from datagen.qa import GENERATOR_VERSION, QAConfig, generate_scene_rows
-from datagen.routes import FloorPlan, RoutePlannerConfig, footprint
-from datagen.routes_habitat import (
-    HabitatFloorPlan,
-    from_habitat,
-    make_route_planner,
-    resolve_route_planner,
-    scene_mesh,
-    to_habitat,
-    write_glb,
-)
-from datagen.scene import Room
+from datagen.routing import make_route_planner, resolve_route_planner
+from datagen.routing.builtin import FloorPlan, RoutePlannerConfig, footprint
+from datagen.routing.habitat import HabitatFloorPlan, from_habitat, scene_mesh, to_habitat, write_glb
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
-from datagen.tasks.scene_builder import box, look_at, make_scene, transform_scene
 from jobs.generate_qa import parse_args
+from tests.datagen.scene_builder import box, look_at, make_scene, transform_scene
+from vlm3r_core.scene import Room
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from datagen.scene import Scene, SceneValidationError, list_scene_dirs, read_scene, write_scene
+from vlm3r_core.scene import Scene, SceneValidationError, list_scene_dirs, read_scene, write_scene
 
 
 def scene_dict():

@@ -6,14 +6,14 @@ walls extruded from its outline to the room height, and each object's box.
 :func:`bake_navmesh` writes it as a binary glTF with a stage config beside it, loads that as the
 stage of a sensor-less :class:`habitat_sim.Simulator` (no renderer, no GL context) and bakes the
 navmesh with ``Simulator.recompute_navmesh``; the agent radius and height of
-:class:`~datagen.routes.RoutePlannerConfig` become the navmesh settings, and the lowest height that
+:class:`~datagen.routing.builtin.RoutePlannerConfig` become the navmesh settings, and the lowest height that
 blocks becomes the highest step the agent climbs.
 
-:class:`HabitatFloorPlan` is a :class:`~datagen.routes.FloorPlan` whose walkable floor is the
+:class:`HabitatFloorPlan` is a :class:`~datagen.routing.builtin.FloorPlan` whose walkable floor is the
 navmesh's floor-level triangles (table tops are navmesh islands of their own and are left out) and
 whose shortest paths come from ``PathFinder.find_path`` between points snapped with
 ``PathFinder.snap_point``. Where to stand by an object and the near-equal way round the other side
-of an obstacle (:meth:`~datagen.routes.FloorPlan.shortest_other_way`) are computed on that floor by
+of an obstacle (:meth:`~datagen.routing.builtin.FloorPlan.shortest_other_way`) are computed on that floor by
 the built-in code: Detour has no search for "the best path passing this obstacle on the other side".
 
 Axes: habitat is Y-up with -Z forward; our world is Z-up. A point maps as habitat ``(x, y, z)`` =
@@ -37,17 +37,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal, get_args
 
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
-from datagen.routes import FloorPlan, RoutePlanner, RoutePlannerConfig, footprint
-from datagen.scene import Scene
+from datagen.routing.builtin import FloorPlan, RoutePlannerConfig, footprint
+from vlm3r_core.scene import Scene
 
-RoutePlannerChoice = Literal["auto", "builtin", "habitat"]  # auto: habitat when habitat_sim imports
-ROUTE_PLANNERS: tuple[str, ...] = get_args(RoutePlannerChoice)
 INSTALL_HINT = (
     "install habitat-sim with conda (conda install habitat-sim -c conda-forge -c aihabitat) "
     "or use the built-in planner (--route-planner builtin)"
@@ -95,32 +92,6 @@ def import_habitat_sim() -> ModuleType:
         raise ImportError(
             f"the habitat route planner needs habitat_sim, which does not import here ({e}): {INSTALL_HINT}"
         ) from e
-
-
-def resolve_route_planner(choice: RoutePlannerChoice) -> Literal["builtin", "habitat"]:
-    """``"builtin"`` or ``"habitat"`` for a choice of :data:`ROUTE_PLANNERS` (``"auto"``: habitat
-    when ``habitat_sim`` imports). ``"habitat"`` without habitat_sim raises ImportError."""
-    if choice not in ROUTE_PLANNERS:
-        raise ValueError(f"route planner must be one of {ROUTE_PLANNERS}, got {choice!r}")
-    if choice == "habitat":
-        import_habitat_sim()
-        return choice
-    if choice == "auto":
-        try:
-            import_habitat_sim()
-        except ImportError:
-            return "builtin"
-        return "habitat"
-    return choice
-
-
-def make_route_planner(
-    scene: Scene, choice: RoutePlannerChoice, config: RoutePlannerConfig = RoutePlannerConfig()
-) -> RoutePlanner:
-    """The planner for one scene: :class:`HabitatFloorPlan` or the built-in :class:`FloorPlan`."""
-    if resolve_route_planner(choice) == "habitat":
-        return HabitatFloorPlan(scene, config)
-    return FloorPlan(scene, config)
 
 
 # ---- the scene as a mesh ---------------------------------------------------------------------
@@ -185,7 +156,7 @@ def write_glb(mesh: SceneMesh, path: str | Path) -> None:
     positions = np.ascontiguousarray(mesh.vertices, dtype="<f4").tobytes()
     indices = np.ascontiguousarray(mesh.faces, dtype="<u4").tobytes()
     gltf = {
-        "asset": {"version": "2.0", "generator": "vlm3r datagen.routes_habitat"},
+        "asset": {"version": "2.0", "generator": "vlm3r datagen.routing.habitat"},
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0}],
@@ -276,7 +247,7 @@ class HabitatFloorPlan(FloorPlan):
 
     The navmesh is baked from :func:`scene_mesh` in a temporary folder and loaded into a
     ``PathFinder``. ``free`` is its floor (:func:`navmesh_floor`); :meth:`shortest_path` asks Detour;
-    approach points and :meth:`~datagen.routes.FloorPlan.shortest_other_way` run on ``free``.
+    approach points and :meth:`~datagen.routing.builtin.FloorPlan.shortest_other_way` run on ``free``.
 
     Args:
         scene: a validated scene.

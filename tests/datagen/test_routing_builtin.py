@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from datagen.routes import FloorPlan, RoutePlannerConfig, path_length, signed_turn_deg, simplify_path
-from datagen.tasks.scene_builder import box, look_at, make_scene
+from datagen.routing.builtin import FloorPlan, RoutePlannerConfig, path_length, signed_turn_deg, simplify_path
+from tests.datagen.scene_builder import box, look_at, make_scene
 
 
 def _plan(objects, room=(6.0, 4.0)):

@@ -1,0 +1,61 @@
+"""Settings of the VLM-3R Serve application (``Vlm3rArgs``); every module of the package imports them
+from here, and this module imports nothing of the package."""
+
+import pydantic
+
+# No ``from __future__ import annotations``: Serve reads ``build_app``'s annotation as a class to
+# turn ``key=value`` arguments into ``Vlm3rArgs``.
+API_KEYS_ENV = "VLM3R_API_KEYS"  # comma-separated bearer tokens, read by each ingress replica
+
+
+class Vlm3rArgs(pydantic.BaseModel):
+    """Settings of the application (``serve run serve_apps.app:build_app key=value ...`` or ``args:``
+    in a Serve config YAML).
+
+    Attributes:
+        model: a preset name ("tiny") or a ``save_pretrained`` folder/URI (``jobs/train.py`` output).
+        served_model_name: the model id clients send and ``/v1/models`` lists.
+        api_keys: accepted bearer tokens (also ``VLM3R_API_KEYS``, comma-separated); none: open.
+        allowed_uri_prefixes: video URIs the server may read (e.g. ``s3://bucket/videos/``); none:
+            only base64 data URLs.
+        max_body_bytes: largest HTTP request body.
+        max_video_bytes: largest video (decoded data URL or object behind a URI).
+        max_video_frames: videos with more frames are refused (413).
+        max_video_duration_s: longer videos are refused (413).
+        default_max_tokens: answer length when a request gives no ``max_tokens``.
+        max_tokens_limit: largest ``max_tokens`` a request may ask for.
+        request_timeout_s: a request without an answer by then gets 504.
+        token_cache_entries: encoded videos kept per ``GeometryEncoder`` replica.
+        encoder_batch_size: most videos encoded together (``@serve.batch``).
+        lm_batch_size: most requests generated together (``@serve.batch``).
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "tiny"
+    served_model_name: str = "vlm3r"
+    api_keys: tuple[str, ...] = ()
+    allowed_uri_prefixes: tuple[str, ...] = ()
+    max_body_bytes: int = pydantic.Field(default=96 * 2**20, gt=0)
+    max_video_bytes: int = pydantic.Field(default=64 * 2**20, gt=0)
+    max_video_frames: int = pydantic.Field(default=18_000, gt=0)
+    max_video_duration_s: float = pydantic.Field(default=600.0, gt=0)
+    default_max_tokens: int = pydantic.Field(default=64, gt=0)
+    max_tokens_limit: int = pydantic.Field(default=512, gt=0)
+    request_timeout_s: float = pydantic.Field(default=120.0, gt=0)
+    token_cache_entries: int = pydantic.Field(default=64, ge=0)
+    encoder_batch_size: int = pydantic.Field(default=4, gt=0)
+    lm_batch_size: int = pydantic.Field(default=8, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "Vlm3rArgs":
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"default_max_tokens {self.default_max_tokens} is more than max_tokens_limit {self.max_tokens_limit}"
+            )
+        for prefix in self.allowed_uri_prefixes:
+            if "://" not in prefix and not prefix.startswith("/"):
+                raise ValueError(
+                    f"allowed_uri_prefixes: {prefix!r} is neither a URI prefix (s3://...) nor an absolute path"
+                )
+        return self
