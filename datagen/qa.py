@@ -24,7 +24,8 @@ Output layout under ``<out>/qa/``::
 
     benchmark/{split}.parquet, benchmark/{split}.jsonl
     conversations/{split}.jsonl
-    manifest.json, errors.jsonl
+    manifest.json                 counts, settings, vocabulary
+    scenes.jsonl, errors.jsonl    the run ledger (vlm3r_core.ledger): scenes done, scenes failed with the reason
     _per_scene/<fingerprint>/<dataset>/<scene>-<version>.parquet
 """
 
@@ -47,7 +48,7 @@ from datagen.tasks.common import fill_choices
 from datagen.vocabulary import VOCABULARIES, VocabularyChoice, vocabulary_tables
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
-from vlm3r_core.scene import Scene, read_scene
+from vlm3r_core.scene import Scene, SceneRef, read_scene, verify_video
 from vlm3r_core.video import DEFAULT_NUM_FRAMES
 
 GENERATOR_VERSION = "vlm3r-qa-1"
@@ -117,10 +118,10 @@ class QAConfig:
 
     tasks: tuple[str, ...] = tuple(TASKS)
     seed: int = 0
-    caps: Mapping[str, int] = field(default_factory=dict)
-    default_cap: int | None = None
+    caps: Mapping[str, int] = field(default_factory=dict, metadata={"cli": False})
+    default_cap: int | None = field(default=None, metadata={"cli": False})
     num_frames: int = DEFAULT_NUM_FRAMES
-    prompt: PromptConfig = PromptConfig()
+    prompt: PromptConfig = field(default=PromptConfig(), metadata={"cli": False})
     route_planner: RoutePlannerChoice = "auto"
     vocabulary: VocabularyChoice = "vsibench"
 
@@ -162,6 +163,58 @@ class QAConfig:
             ]
         )
         return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+def parse_caps(values: Sequence[str]) -> tuple[int | None, dict[str, int]]:
+    """``["20", "route_planning=5"]`` -> ``(20, {"route_planning": 5})`` (the ``--per-scene-cap`` form)."""
+    default, caps = None, {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            cap = int(number)
+        except ValueError:
+            raise ValueError(f"per_scene_cap {value!r}: expected N or TASK=N") from None
+        if name:
+            caps[name] = cap
+        else:
+            default = cap
+    return default, caps
+
+
+@dataclass(frozen=True)
+class GenerateQAConfig:
+    """A QA generation run: where scenes come from and go, what to generate, how much at once.
+
+    Args:
+        scenes: folder URI holding ``.../<dataset>/<scene_id>/scene.json`` (a data root, its
+            ``scenes/`` or one dataset's folder).
+        out: output root URI (writes ``<out>/qa/...``).
+        qa: what to generate.
+        per_scene_cap: questions per scene and question type: ``N`` for every task, ``TASK=N`` for
+            one (default: each task's own cap).
+        num_cpus_per_scene: CPUs of each scene's Ray task.
+        concurrency: at most this many scenes at once (default: as Ray schedules).
+    """
+
+    scenes: str
+    out: str
+    qa: QAConfig = field(default_factory=QAConfig)
+    per_scene_cap: tuple[str, ...] = ()
+    num_cpus_per_scene: float = 0.5
+    concurrency: int | None = None
+
+    def __post_init__(self):
+        if self.per_scene_cap:
+            default, caps = parse_caps(self.per_scene_cap)
+            qa = self.qa
+            object.__setattr__(
+                self, "qa", QAConfig(**{**qa.__dict__, "caps": {**qa.caps, **caps},
+                                        "default_cap": qa.default_cap if default is None else default})
+            )  # fmt: skip
+        if not self.num_cpus_per_scene > 0:
+            raise ValueError(f"num_cpus_per_scene must be > 0, got {self.num_cpus_per_scene}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
 
 
 def derive_seed(*parts: object) -> int:
@@ -207,14 +260,6 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
     return sorted(rows, key=lambda r: r["id"])
 
 
-@dataclass(frozen=True)
-class SceneRef:
-    """A scene folder and the version of its ``scene.json`` (see :func:`find_scenes`)."""
-
-    dir: str
-    version: str
-
-
 def scene_cache_uri(out: str, config: QAConfig, ref: SceneRef) -> str:
     """``<out>/qa/_per_scene/<fingerprint>/<dataset>/<scene>-<version hash>.parquet``: a scene
     rewritten in place (a new ``scene.json`` version) misses the cache and is generated again."""
@@ -230,6 +275,18 @@ def scene_cache_uri(out: str, config: QAConfig, ref: SceneRef) -> str:
     )
 
 
+def cached_scenes(out: str, config: QAConfig, scenes: Sequence[SceneRef]) -> dict[str, dict]:
+    """The scenes whose rows are already cached for ``config`` (one listing of the cache folder),
+    as ledger rows ``{scene, version, cache}`` keyed by scene folder."""
+    folder = storage.join(out, "qa", "_per_scene", config.fingerprint())
+    present = set(storage.list_files(folder, ".parquet"))
+    return {
+        r.dir: {"scene": r.dir, "version": r.version, "cache": uri}
+        for r in scenes
+        if (uri := scene_cache_uri(out, config, r)) in present
+    }
+
+
 @dataclass(frozen=True)
 class SceneResult:
     """What happened to one scene: rows written to its cache, or why it failed."""
@@ -241,26 +298,21 @@ class SceneResult:
 
 
 def process_scene(ref: SceneRef, out: str, config: QAConfig) -> SceneResult:
-    """Generates and caches the rows of one scene; a failure comes back as ``error``, not raised."""
+    """Generates and caches the rows of one scene; a failure comes back as ``error``, not raised.
+
+    The scene's video is checked against its ``scene.json`` first (frame count and size, from the
+    container header): questions about frames a truncated video does not have are never written.
+    """
     cache = scene_cache_uri(out, config, ref)
     if storage.exists(cache):
         return SceneResult(ref.dir, storage.read_parquet(cache).num_rows, cached=True)
     try:
         scene = read_scene(ref.dir)
-        rows = generate_scene_rows(scene, scene.video_uri(ref.dir), config)
+        rows = generate_scene_rows(scene, verify_video(scene, ref.dir), config)
     except Exception as e:  # noqa: BLE001 - any failure of one scene is recorded and the run goes on
         return SceneResult(ref.dir, 0, error=f"{type(e).__name__}: {e}")
     storage.write_parquet(cache, pa.Table.from_pylist(rows, schema=SCENE_ROW_SCHEMA))
     return SceneResult(ref.dir, len(rows))
-
-
-def find_scenes(uri: str) -> list[SceneRef]:
-    """Folders holding a ``scene.json`` anywhere under ``uri`` (a data root, its ``scenes/``, or one
-    dataset), sorted, each with its ``scene.json``'s version (S3 ETag, else size and mtime)."""
-    return [
-        SceneRef(u[: -len("/scene.json")], version)
-        for u, version in storage.list_file_versions(uri, "/scene.json").items()
-    ]
 
 
 # ---- stage 2: letters ------------------------------------------------------------------------
@@ -378,9 +430,6 @@ def write_outputs(
     counts = {
         s: dict(sorted(Counter(r["question_type"] for r in rs).items())) for s, rs in sorted(by_split.items())
     }
-    storage.write_jsonl(
-        storage.join(qa, "errors.jsonl"), [{"scene": f.scene_dir, "error": f.error} for f in failures]
-    )
     storage.write_json(
         storage.join(qa, "manifest.json"),
         {

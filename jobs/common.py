@@ -1,4 +1,5 @@
-"""What every Ray job shares: connecting to Ray and the Ray Data settings for portable shards.
+"""What every Ray job shares: the Ray options (address, GPUs), connecting to Ray, the Ray Data
+settings for portable shards, and one task loop.
 
 A job run with no cluster address starts a local Ray (``python jobs/X.py`` on a laptop); under
 ``ray job submit`` Ray sets ``RAY_ADDRESS`` and the job joins that cluster. Tests that already
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import ray
 from tqdm import tqdm
@@ -17,6 +19,34 @@ from tqdm import tqdm
 K = TypeVar("K")
 
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a job uses Ray (the same flags on every job).
+
+    Args:
+        address: Ray cluster to join; default: ``RAY_ADDRESS`` (set by ``ray job submit``), else a
+            local Ray started for the job.
+        gpu: ``auto`` uses GPUs when the cluster has them, ``on`` requires them (``--gpu`` alone
+            means on), ``off`` runs on CPUs only.
+    """
+
+    address: str | None = None
+    gpu: Literal["auto", "on", "off"] = field(default="auto", metadata={"const": "on"})
+
+
+def connect(options: RayOptions) -> bool:
+    """Joins (or starts) Ray and says whether the job runs on GPUs.
+
+    Raises:
+        ValueError: ``--gpu on`` on a cluster without GPUs.
+    """
+    init_ray(options.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if options.gpu == "on" and not gpus:
+        raise ValueError("--gpu on, but the Ray cluster has no GPU")
+    return options.gpu == "on" or (options.gpu == "auto" and gpus > 0)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:

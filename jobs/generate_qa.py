@@ -17,121 +17,36 @@ else with the built-in planner; ``--route-planner habitat`` stops at once where 
 Questions name objects by the benchmark's vocabulary of each dataset (``--vocabulary vsibench``, the
 default: ScanNet's "trash can" and "recycling bin" are asked about as "trash bin", "office chair" or
 "kitchen cabinets" never; synthetic scenes name every object); ``--vocabulary all`` names every raw
-label. Unnamed objects still block routes and hide what is behind them.
+label. Unnamed objects still block routes and hide what is behind them. Each scene's video is
+checked against its ``scene.json`` (frame count and size) before any question is asked about it;
+a mismatch is a recorded failure. Every flag: ``--help``; exit codes: see ``vlm3r_core/cli.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import dataclass
 
 import ray
 
 from datagen.qa import (
+    GenerateQAConfig,
     QAConfig,
-    SceneRef,
     SceneResult,
-    find_scenes,
+    cached_scenes,
     process_scene,
-    scene_cache_uri,
     write_outputs,
 )
-from datagen.routing import ROUTE_PLANNERS
-from datagen.tasks import TASKS
-from datagen.vocabulary import VOCABULARIES
-from jobs.common import init_ray
+from jobs.common import RayOptions, connect
 from vlm3r_core import storage
+from vlm3r_core.cli import parse, run_job
+from vlm3r_core.ledger import RunLedger, RunSummary
+from vlm3r_core.scene import SceneRef, list_scenes
 
-
-@dataclass(frozen=True)
-class GenerateQAConfig:
-    """Where scenes come from and go, what to generate (``qa``), and how Ray runs it."""
-
-    scenes: str
-    out: str
-    qa: QAConfig
-    num_cpus_per_scene: float = 0.5
-    concurrency: int | None = None
-    address: str | None = None
-
-    def __post_init__(self):
-        if not self.num_cpus_per_scene > 0:
-            raise ValueError(f"num_cpus_per_scene must be > 0, got {self.num_cpus_per_scene}")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-
-
-def _parse_caps(values: list[str]) -> tuple[int | None, dict[str, int]]:
-    """``["20", "route_planning=5"]`` -> (20, {"route_planning": 5})."""
-    default, caps = None, {}
-    for value in values:
-        name, _, number = value.rpartition("=")
-        try:
-            cap = int(number)
-        except ValueError:
-            raise ValueError(f"--per-scene-cap {value!r}: expected N or TASK=N") from None
-        if name:
-            caps[name] = cap
-        else:
-            default = cap
-    return default, caps
+CONFIGS = (GenerateQAConfig, RayOptions)
 
 
 def parse_args(argv: list[str] | None = None) -> GenerateQAConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--scenes", required=True, help="folder URI holding <dataset>/<scene_id>/scene.json")
-    p.add_argument("--out", required=True, help="output root URI (writes <out>/qa/...)")
-    p.add_argument(
-        "--tasks",
-        nargs="+",
-        default=list(TASKS),
-        choices=list(TASKS),
-        metavar="TASK",
-        help=f"of {list(TASKS)}",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--per-scene-cap",
-        nargs="+",
-        default=[],
-        metavar="N|TASK=N",
-        help="questions per scene and question type: N for every task, TASK=N for one (default: each task's own)",
-    )
-    p.add_argument("--num-frames", type=int, default=32, help="frames sampled per video ('frame k of N')")
-    p.add_argument(
-        "--route-planner",
-        choices=ROUTE_PLANNERS,
-        default="auto",
-        help="route questions: habitat-sim's navmesh (habitat), the built-in planner (builtin), "
-        "or habitat when habitat_sim imports (auto)",
-    )
-    p.add_argument(
-        "--vocabulary",
-        choices=VOCABULARIES,
-        default="vsibench",
-        help="object names questions use: the benchmark's vocabulary per dataset, with its merges "
-        "(vsibench), or every raw label (all)",
-    )
-    p.add_argument("--num-cpus-per-scene", type=float, default=0.5)
-    p.add_argument(
-        "--concurrency", type=int, help="at most this many scenes at once (default: as Ray schedules)"
-    )
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    args = p.parse_args(argv)
-    default_cap, caps = _parse_caps(args.per_scene_cap)
-    qa = QAConfig(
-        tasks=tuple(args.tasks),
-        seed=args.seed,
-        caps=caps,
-        default_cap=default_cap,
-        num_frames=args.num_frames,
-        route_planner=args.route_planner,
-        vocabulary=args.vocabulary,
-    )
-    return GenerateQAConfig(
-        args.scenes, args.out, qa, args.num_cpus_per_scene, args.concurrency, args.address
-    )
+    return parse(argv, *CONFIGS)[0]
 
 
 def _process_row(row: dict, out: str, config: QAConfig) -> dict:
@@ -140,36 +55,38 @@ def _process_row(row: dict, out: str, config: QAConfig) -> dict:
     return {"scene_dir": result.scene_dir, "num_rows": result.num_rows, "error": result.error or ""}
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    scenes = find_scenes(cfg.scenes)
+def generate_qa(cfg: GenerateQAConfig, ray_options: RayOptions) -> RunSummary:
+    scenes = list_scenes(cfg.scenes)
     if not scenes:
-        print(f"no scene.json under {cfg.scenes}", file=sys.stderr)
-        return 1
-    todo = [s for s in scenes if not storage.exists(scene_cache_uri(cfg.out, cfg.qa, s))]
-    results: list[SceneResult] = []
-    if todo:
-        init_ray(cfg.address)
-        rows = (
-            ray.data.from_items(
-                [{"scene_dir": s.dir, "version": s.version} for s in todo], override_num_blocks=len(todo)
-            )
-            .map(
-                _process_row,
-                fn_kwargs={"out": cfg.out, "config": cfg.qa},
-                num_cpus=cfg.num_cpus_per_scene,
-                concurrency=cfg.concurrency,
-            )
-            .take_all()
-        )
-        results = [SceneResult(r["scene_dir"], r["num_rows"], r["error"] or None) for r in rows]
-    failures = sorted((r for r in results if r.error), key=lambda r: r.scene_dir)
-    summary = write_outputs(cfg.out, cfg.qa, scenes, failures)
-    print(
-        f"generate_qa: {summary.num_rows} questions from {summary.num_scenes - summary.num_failed} scenes "
-        f"({len(scenes) - len(todo)} cached, {summary.num_failed} failed) -> {storage.join(cfg.out, 'qa')}"
+        raise FileNotFoundError(f"no scene.json under {cfg.scenes}")
+    qa_dir = storage.join(cfg.out, "qa")
+    ledger = RunLedger(
+        "generate_qa", qa_dir, "scene", done=cached_scenes(cfg.out, cfg.qa, scenes), manifest_file="scenes.jsonl"
     )
-    return 1 if summary.num_failed == summary.num_scenes else 0
+    by_dir = {s.dir: s for s in scenes}
+    todo = ledger.plan(by_dir)
+    failures: list[SceneResult] = []
+    if todo:
+        connect(ray_options)
+        items = [{"scene_dir": d, "version": by_dir[d].version} for d in todo]
+        results = (
+            ray.data.from_items(items, override_num_blocks=len(items))
+            .map(_process_row, fn_kwargs={"out": cfg.out, "config": cfg.qa}, num_cpus=cfg.num_cpus_per_scene,
+                 concurrency=cfg.concurrency)  # fmt: skip
+            .iter_rows()
+        )
+        for r in results:
+            if r["error"]:
+                ledger.fail(r["scene_dir"], r["error"])
+                failures.append(SceneResult(r["scene_dir"], 0, r["error"]))
+            else:
+                ledger.record({"scene": r["scene_dir"], "version": by_dir[r["scene_dir"]].version, "rows": r["num_rows"]})
+    summary = write_outputs(cfg.out, cfg.qa, scenes, sorted(failures, key=lambda f: f.scene_dir))
+    return ledger.close(questions=summary.num_rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("generate_qa", argv, CONFIGS, generate_qa, __doc__.split("\n", 1)[0])
 
 
 if __name__ == "__main__":

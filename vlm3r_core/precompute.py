@@ -5,15 +5,18 @@ pool); here they run without Ray, so tests call them directly.
 
 1. :func:`list_videos` lists the scenes (``.../<dataset>/<scene_id>/scene.json``) under a folder,
    or the rows of a JSONL video list, each with its ``video_id`` "<dataset>/<scene_id>".
-2. :func:`decode_videos` decodes each video and samples T frames by the one rule of
-   :func:`vlm3r_core.video.sample_frame_indices`; an unreadable scene or video becomes an error
-   record with the reason instead of frames.
-3. :class:`TokenEncoder` loads the frozen encoders once, encodes a batch of videos (CUT3R patch
-   and camera tokens and poses; SigLIP penultimate features when asked) and writes them as one
-   token shard (:mod:`vlm3r_core.tokens`) before returning one small record per video, so a video
-   is reported done only once its shard is durably written.
-4. :class:`PrecomputeRecorder` (driver side) turns those records into ``manifest.jsonl`` and
-   ``errors.jsonl``.
+2. :func:`decode_videos` checks each scene's video against its ``scene.json``, decodes it and
+   samples T frames by the one rule of :func:`vlm3r_core.video.sample_frame_indices`; an
+   unreadable or mismatched scene or video becomes an error record with the reason instead of frames.
+3. :class:`TokenEncoder` builds the frozen encoders once and encodes a batch of videos through
+   the model's own ``encode_frames`` (the one encoder path, shared with evaluation and serving:
+   CUT3R patch and camera tokens and poses; SigLIP penultimate features when asked), and writes
+   them as one token shard (:mod:`vlm3r_core.tokens`) before returning one small record per
+   video, so a video is reported done only once its shard is durably written; a failed write
+   becomes error records, not a failed run.
+
+The driver records the results in the run ledger (:mod:`vlm3r_core.ledger`): ``manifest.jsonl``
+and ``errors.jsonl`` of the shard set, started from :func:`vlm3r_core.tokens.reconcile_manifest`.
 
 Shapes: ``B`` videos, ``T`` frames, ``H`` x ``W`` pixels, ``G`` CUT3R input side, ``N`` CUT3R patches,
 ``C`` CUT3R width, ``S`` SigLIP input side, ``P`` SigLIP patches, ``Cv`` SigLIP width.
@@ -21,46 +24,75 @@ Shapes: ``B`` videos, ``T`` frames, ``H`` x ``W`` pixels, ``G`` CUT3R input side
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from vlm3r_core import storage
-from vlm3r_core.scene import SCENE_FILE, read_scene
-from vlm3r_core.tokens import (
-    EncoderInfo,
-    ManifestEntry,
-    TokenError,
-    VideoTokens,
-    shard_name,
-    write_errors,
-    write_manifest,
-    write_token_shard,
-)
+from vlm3r_core.ledger import error_reason
+from vlm3r_core.scene import SCENE_FILE, list_scenes, read_scene, verify_video
+from vlm3r_core.tokens import TOKEN_DTYPES, EncoderInfo, VideoTokens, shard_name, write_token_shard
 from vlm3r_core.video import read_video
 
 # The model package (transformers, peft) is imported only where a model is built, so the decode
 # tasks, which import this module on every Ray worker, start in a fraction of the time.
 if TYPE_CHECKING:
-    from transformers import SiglipVisionModel
-
-    from vlm3r_core.geometry import Cut3r
     from vlm3r_core.vlm import Vlm3rConfig
 
 __all__ = [
-    "PrecomputeRecorder",
+    "PrecomputeConfig",
     "TokenEncoder",
     "VideoSource",
     "decode_videos",
     "encoder_info",
     "list_videos",
-    "load_frozen_encoders",
     "model_config",
 ]
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    """A token precompute run.
+
+    Args:
+        scenes: folder URI with ``<dataset>/<scene_id>/scene.json`` (a data root, its ``scenes/``
+            or one dataset), or a ``.jsonl`` list of ``{"video_id", "video"}``.
+        out: output root URI (writes ``<out>/tokens/<encoder>/``).
+        preset: model preset (``vlm3r_core.presets``): tiny, vlm3r-7b.
+        checkpoint: CUT3R checkpoint URI (default: the preset's).
+        num_frames: frames sampled per video (default: the preset's, 32).
+        size: CUT3R input side in pixels (default: the preset's, 432 for vlm3r-7b).
+        with_vision_features: also store SigLIP features (needed to train).
+        dtype: storage dtype of the tokens.
+        batch_size: videos per encoder call and per shard.
+        num_actors: encoder actors (default: one per GPU, or 1 without GPUs).
+    """
+
+    scenes: str
+    out: str
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    num_frames: int | None = None
+    size: int | None = None
+    with_vision_features: bool = False
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = 4
+    num_actors: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {self.num_actors}")
+        if self.dtype not in TOKEN_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TOKEN_DTYPES)}, got {self.dtype!r}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.size is not None and (self.size < 16 or self.size % 16):
+            raise ValueError(f"size must be a multiple of 16 (CUT3R's patch size), got {self.size}")
+        model_config(self.preset, self.checkpoint, self.size, self.num_frames)  # unknown preset: ValueError
 
 
 @dataclass(frozen=True)
@@ -96,10 +128,7 @@ def list_videos(uri: str) -> list[VideoSource]:
                 video = storage.join(base, video)
             sources.append(VideoSource(video_id=row["video_id"], video=video))
     else:
-        suffix = "/" + SCENE_FILE
-        scene_dirs = [u[: -len(suffix)] for u in storage.list_files(uri, suffix)]
-        # .../<dataset>/<scene_id>/scene.json: the two folder names are the video id (DESIGN.md).
-        sources = [VideoSource(video_id="/".join(d.split("/")[-2:]), scene=d) for d in scene_dirs]
+        sources = [VideoSource(video_id=ref.video_id, scene=ref.dir) for ref in list_scenes(uri)]
     if not sources:
         raise FileNotFoundError(f"{uri}: no videos (no <dataset>/<scene_id>/{SCENE_FILE} below it, or an empty list)")
     ids = sorted(s.video_id for s in sources)
@@ -125,11 +154,18 @@ def decode_videos(batch: dict[str, np.ndarray], num_frames: int) -> dict[str, np
     for video_id, scene_uri, video_uri in zip(batch["video_id"], batch["scene"], batch["video"], strict=True):
         video_id, video_uri = str(video_id), str(video_uri)
         try:
+            scene = None
             if scene_uri:
-                video_uri = read_scene(str(scene_uri)).video_uri(str(scene_uri))
+                scene = read_scene(str(scene_uri))
+                video_uri = scene.video_uri(str(scene_uri))
+                verify_video(scene, str(scene_uri))  # the container header: frame count and size
             decoded = read_video(video_uri, num_samples=num_frames)
+            if scene is not None and decoded.num_frames != scene.video.num_frames:
+                raise ValueError(
+                    f"{video_uri}: decoded {decoded.num_frames} frames, scene.json says {scene.video.num_frames}"
+                )
         except (ValueError, OSError) as e:  # VideoDecodeError, SceneValidationError, bad JSON, missing file
-            reason = f"{type(e).__name__}: {e}"
+            reason = error_reason(e)
             frames = np.zeros((0, 0, 0, 3), np.uint8)
             indices, times, duration = np.zeros(0, np.int64), np.zeros(0, np.float64), 0.0
         else:
@@ -181,30 +217,15 @@ def encoder_info(cfg: Vlm3rConfig, with_vision_features: bool, dtype: str = "flo
     )
 
 
-def load_frozen_encoders(
-    cfg: Vlm3rConfig, device: torch.device, with_vision_features: bool = True
-) -> tuple[SiglipVisionModel | None, Cut3r]:
-    """SigLIP (all but its last block) and CUT3R, built exactly as training and serving build them.
-
-    Only these parts of the VLM are built (``from_config(..., components=...)``, whose per-part
-    seeded init makes presets without weights, like ``tiny``, give the same encoders here as in
-    training and serving), with their base weights, on ``device``. SigLIP is None without
-    ``with_vision_features``.
-    """
-    from vlm3r_core.vlm import Vlm3rForConditionalGeneration
-
-    components = ("vision_tower", "cut3r") if with_vision_features else ("cut3r",)
-    model = Vlm3rForConditionalGeneration.from_config(cfg, device=device, components=components)
-    return model.vision_tower, model.cut3r
-
-
 class TokenEncoder:
     """Ray Data stage (actor): encodes batches of decoded videos and writes each batch as a shard.
 
-    Frames are squash-resized to the encoders' square inputs and normalised with mean = std = 0.5
-    by the processor's :func:`vlm3r_core.vlm.processor.resize_frames`; CUT3R gives the patch and
-    camera tokens (and poses when its pose head is on), SigLIP the penultimate-layer features,
-    exactly as ``Vlm3rForConditionalGeneration.encode_frames`` computes them.
+    Only the frozen encoders of the VLM are built (``from_config(..., components=...)``, whose
+    per-part seeded init makes presets without weights, like ``tiny``, give the same encoders here
+    as in training and serving), and videos go through the model's own ``encode_frames``: frames
+    squash-resized to the encoders' square inputs and normalised with mean = std = 0.5
+    (:func:`vlm3r_core.vlm.processor.frame_pixels`), CUT3R patch and camera tokens (and poses when
+    its pose head is on), SigLIP penultimate features when the shard set stores them.
 
     Args:
         cfg: the model config (``model_config``); the encoders are built and loaded once, here.
@@ -214,68 +235,61 @@ class TokenEncoder:
     """
 
     def __init__(self, cfg: Vlm3rConfig, encoder: EncoderInfo, out_dir: str, device: str | None = None):
+        from vlm3r_core.vlm import Vlm3rForConditionalGeneration
+
         if encoder != encoder_info(cfg, encoder.with_vision_features, encoder.dtype):
             raise ValueError(f"encoder {encoder.name} does not match the model config of preset {cfg.name!r}")
         self.cfg, self.encoder, self.out_dir = cfg, encoder, out_dir
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.vision_tower, self.cut3r = load_frozen_encoders(cfg, self.device, encoder.with_vision_features)
+        parts = ("vision_tower", "cut3r") if encoder.with_vision_features else ("cut3r",)
+        self.model = Vlm3rForConditionalGeneration.from_config(cfg, device=self.device, components=parts)
 
     @torch.inference_mode()
     def encode(self, videos: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """Encodes B videos with the same number of frames T.
+        """Encodes B videos (``model.encode_frames``).
 
         Args:
-            videos: B arrays (T, H, W, 3) uint8 RGB; H and W may differ between videos.
+            videos: B arrays (T_b, H, W, 3) uint8 RGB; H, W and T_b may differ between videos.
 
         Returns:
             Per video, float32 numpy: ``camera_tokens`` (T, 1, C), ``patch_tokens`` (T, N, C),
             ``poses`` (T, 7) when CUT3R's pose head is on, ``vision_features`` (T, P, Cv) when the
             encoder stores them.
         """
-        from vlm3r_core.vlm.processor import resize_frames
+        from vlm3r_core.vlm.processor import frame_pixels
 
-        if len({v.shape[0] for v in videos}) != 1:
-            raise ValueError(f"videos of one batch must have the same frame count, got {[v.shape[0] for v in videos]}")
-        dtype = self.cfg.torch_dtype
-        frames = [torch.tensor(v, device=self.device) for v in videos]  # B x (T, H, W, 3) uint8
-        pixels = torch.stack([resize_frames(f, self.cfg.cut3r_image_size) for f in frames])  # (B, T, 3, G, G)
-        geometry = self.cut3r.encode_video(pixels.to(dtype))
-        out = [
-            {
-                "camera_tokens": geometry.camera_tokens[b].float().cpu().numpy(),  # (T, 1, C)
-                "patch_tokens": geometry.patch_tokens[b].float().cpu().numpy(),  # (T, N, C)
+        vision = self.cfg.siglip_image_size if self.encoder.with_vision_features else None
+        feats = self.model.encode_frames(frame_pixels(videos, self.cfg.cut3r_image_size, vision))
+        out = []
+        for b, video in enumerate(videos):
+            t = len(video)
+            row = {
+                "camera_tokens": feats.camera_tokens[b, :t].float().cpu().numpy(),  # (T, 1, C)
+                "patch_tokens": feats.patch_tokens[b, :t].float().cpu().numpy(),  # (T, N, C)
             }
-            for b in range(len(videos))
-        ]
-        if geometry.poses is not None:
-            for b, row in enumerate(out):
-                row["poses"] = geometry.poses[b].float().cpu().numpy()  # (T, 7)
-        if self.encoder.with_vision_features:
-            siglip = torch.cat([resize_frames(f, self.cfg.siglip_image_size) for f in frames]).to(dtype)  # (B*T, 3, S, S)
-            hidden = self.vision_tower.embeddings(siglip)  # (B*T, P, Cv)
-            hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (B*T, P, Cv), penultimate layer
-            hidden = hidden.view(len(videos), -1, *hidden.shape[1:])  # (B, T, P, Cv)
-            for b, row in enumerate(out):
-                row["vision_features"] = hidden[b].float().cpu().numpy()
+            if feats.poses is not None:
+                row["poses"] = feats.poses[b, :t].float().cpu().numpy()  # (T, 7)
+            if feats.vision_features is not None:
+                row["vision_features"] = feats.vision_features[b, :t].float().cpu().numpy()  # (T, P, Cv)
+            out.append(row)
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Encodes the decoded videos of ``batch`` (from :func:`decode_videos`) into one shard.
 
         Returns:
-            One record per input video: ``video_id``, ``video``, ``error`` (the decode reason, or
-            ""), ``shard`` (file name in ``out_dir``; "" for failures), ``shard_bytes`` (size of
-            that shard; 0 for failures).
+            One record per input video: ``video_id``, ``video``, ``error`` (the decode or write
+            failure, or ""), ``shard`` (file name in ``out_dir``; "" for failures), ``shard_bytes``
+            (size of that shard; 0 for failures).
         """
         n = len(batch["video_id"])
-        ok = [i for i in range(n) if not batch["error"][i]]
+        errors = [str(e) for e in batch["error"]]
+        for i in range(n):
+            if not errors[i] and len(batch["frames"][i]) != self.encoder.num_frames:
+                errors[i] = f"ValueError: {len(batch['frames'][i])} frames, the encoder wants {self.encoder.num_frames}"
+        ok = [i for i in range(n) if not errors[i]]
         shard, nbytes = "", 0
         if ok:
-            for i in ok:
-                if len(batch["frames"][i]) != self.encoder.num_frames:
-                    raise ValueError(
-                        f"{batch['video_id'][i]}: {len(batch['frames'][i])} frames, the encoder wants {self.encoder.num_frames}"
-                    )
             encoded = self.encode([batch["frames"][i] for i in ok])
             videos = [
                 VideoTokens(
@@ -288,60 +302,17 @@ class TokenEncoder:
                 for i, tokens in zip(ok, encoded, strict=True)
             ]
             shard = shard_name(v.video_id for v in videos)
-            nbytes = write_token_shard(storage.join(self.out_dir, shard), videos, self.encoder)
+            try:
+                nbytes = write_token_shard(storage.join(self.out_dir, shard), videos, self.encoder)
+            except Exception as e:  # noqa: BLE001 - storage failures are recorded per video, the run goes on
+                for i in ok:
+                    errors[i] = f"writing {shard}: {error_reason(e)}"
+                ok, shard = [], ""
         done = set(ok)
         return {
             "video_id": np.array([str(v) for v in batch["video_id"]], dtype=object),
             "video": np.array([str(v) for v in batch["video"]], dtype=object),
-            "error": np.array([str(e) for e in batch["error"]], dtype=object),
+            "error": np.array(errors, dtype=object),
             "shard": np.array([shard if i in done else "" for i in range(n)], dtype=object),
             "shard_bytes": np.array([nbytes if i in done else 0 for i in range(n)], dtype=np.int64),
         }
-
-
-class PrecomputeRecorder:
-    """Driver side of a run: records :class:`TokenEncoder` results in the manifest and errors file.
-
-    The manifest is rewritten at most every ``write_interval_s`` seconds and on :meth:`close`; a
-    run stopped in between leaves shards the manifest does not list yet, which
-    :func:`vlm3r_core.tokens.reconcile_manifest` adopts at the start of the next run.
-
-    Args:
-        out_dir: the shard set folder.
-        done: the manifest at the start of the run (``reconcile_manifest(out_dir)``).
-        write_interval_s: least time between two manifest writes.
-    """
-
-    def __init__(self, out_dir: str, done: Mapping[str, ManifestEntry], write_interval_s: float = 30.0):
-        self.out_dir, self.write_interval_s = out_dir, write_interval_s
-        self.manifest = dict(done)
-        self.errors: list[TokenError] = []
-        self.shard_bytes: dict[str, int] = {}
-        self.encoded = 0
-        self._last_write = time.monotonic()
-
-    def add(self, records: Mapping[str, Sequence]) -> None:
-        """Records one batch of :meth:`TokenEncoder.__call__` output."""
-        rows = zip(records["video_id"], records["video"], records["error"], records["shard"], records["shard_bytes"], strict=True)
-        for video_id, video, error, shard, nbytes in rows:
-            if error:
-                self.errors.append(TokenError(str(video_id), str(video), str(error)))
-            else:
-                self.manifest[str(video_id)] = ManifestEntry(str(video_id), str(shard))
-                self.shard_bytes[str(shard)] = int(nbytes)
-                self.encoded += 1
-        if time.monotonic() - self._last_write >= self.write_interval_s:
-            self.write_manifest()
-
-    def write_manifest(self) -> None:
-        write_manifest(self.out_dir, self.manifest.values())
-        self._last_write = time.monotonic()
-
-    def close(self) -> None:
-        """Writes the manifest and this run's errors (an empty file when none failed)."""
-        self.write_manifest()
-        write_errors(self.out_dir, self.errors)
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(self.shard_bytes.values())

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlm3r_core import storage
+from vlm3r_core.video import probe_video
 
 DATASETS = ("synthetic", "scannet", "scannetpp", "arkitscenes")
 SPLITS = ("train", "val", "test")
@@ -385,7 +386,51 @@ def write_scene(scene: Scene, root: str) -> str:
     return folder
 
 
-def list_scene_dirs(root: str, dataset: str | None = None) -> list[str]:
-    """Folder URIs of every scene under ``<root>/scenes/`` (optionally one dataset), sorted."""
-    base = storage.join(root, "scenes", dataset) if dataset else storage.join(root, "scenes")
-    return sorted(u[: -len("/" + SCENE_FILE)] for u in storage.list_files(base, "/" + SCENE_FILE))
+def video_id(dataset: str, scene_id: str) -> str:
+    """The key that joins a scene's questions, token row and predictions: ``"<dataset>/<scene_id>"``."""
+    return f"{dataset}/{scene_id}"
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """A scene folder found by :func:`list_scenes` and the version of its ``scene.json`` (S3 ETag,
+    else size and mtime: a scene rewritten in place gets a new version)."""
+
+    dir: str
+    version: str
+
+    @property
+    def video_id(self) -> str:
+        """``"<dataset>/<scene_id>"`` from the folder names ``.../<dataset>/<scene_id>``."""
+        dataset, scene_id = self.dir.rstrip("/").split("/")[-2:]
+        return video_id(dataset, scene_id)
+
+
+def list_scenes(uri: str) -> list[SceneRef]:
+    """Every folder holding a ``scene.json`` anywhere under ``uri`` (a data root, its ``scenes/``,
+    one dataset's folder), sorted, with versions; one listing, however many scenes."""
+    suffix = "/" + SCENE_FILE
+    return [SceneRef(u[: -len(suffix)], version) for u, version in storage.list_file_versions(uri, suffix).items()]
+
+
+def verify_video(scene: Scene, scene_dir: str) -> str:
+    """The scene's video URI, after checking the video's container against ``scene.json``.
+
+    Reads only the container header (:func:`vlm3r_core.video.probe_video`), so it is cheap enough
+    for every job that uses a scene.
+
+    Raises:
+        SceneValidationError: the video's frame count or frame size differs from ``scene.json``
+            (e.g. a truncated ``video.mp4``: questions would name frames it does not have).
+        VideoDecodeError: the video is missing or is not a video.
+    """
+    uri = scene.video_uri(scene_dir)
+    probe = probe_video(uri)
+    problems = []
+    if probe.num_frames != scene.video.num_frames:
+        problems.append(f"{probe.num_frames} frames, scene.json says {scene.video.num_frames}")
+    if (probe.width, probe.height) != (scene.video.width, scene.video.height):
+        problems.append(f"{probe.width}x{probe.height} pixels, scene.json says {scene.video.width}x{scene.video.height}")
+    if problems:
+        raise SceneValidationError(scene.scene_id, "video", f"{uri} has " + " and ".join(problems))
+    return uri

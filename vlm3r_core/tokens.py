@@ -41,34 +41,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlm3r_core import storage
+from vlm3r_core.ledger import MANIFEST_FILE
 
 __all__ = [
     "ENCODER_METADATA_KEY",
-    "ERRORS_FILE",
     "MANIFEST_FILE",
     "TOKENS_DIR",
     "TOKEN_DTYPES",
     "EncoderInfo",
-    "ManifestEntry",
-    "TokenError",
     "VideoTokens",
     "iter_video_tokens",
     "list_token_shards",
     "read_encoder_info",
-    "read_errors",
     "read_manifest",
     "read_token_table",
     "reconcile_manifest",
     "shard_name",
     "token_dir",
-    "write_errors",
-    "write_manifest",
     "write_token_shard",
 ]
 
 TOKENS_DIR = "tokens"
-MANIFEST_FILE = "manifest.jsonl"
-ERRORS_FILE = "errors.jsonl"
 ENCODER_METADATA_KEY = b"vlm3r.encoder"
 TOKEN_DTYPES = {"float16": (np.float16, pa.float16()), "float32": (np.float32, pa.float32())}
 POSE_DIM = 7
@@ -360,68 +353,35 @@ def iter_video_tokens(table: pa.Table) -> Iterator[VideoTokens]:
             yield VideoTokens.from_row({**row, **{c: tensors[c][i] for c in present}})
 
 
-@dataclass(frozen=True)
-class ManifestEntry:
-    """A video whose tokens are durably written: its id and the shard file (name in the folder)."""
-
-    video_id: str
-    shard: str
-
-
-@dataclass(frozen=True)
-class TokenError:
-    """A video that could not be encoded, with the reason."""
-
-    video_id: str
-    video: str
-    reason: str
-
-
-def read_manifest(directory: str) -> dict[str, ManifestEntry]:
-    """``{video_id: ManifestEntry}`` from ``<directory>/manifest.jsonl`` (empty when absent)."""
+def read_manifest(directory: str) -> dict[str, dict]:
+    """``{video_id: {"video_id", "shard", ...}}`` from the shard set's ``manifest.jsonl`` (the run
+    ledger's, :mod:`vlm3r_core.ledger`; empty when absent)."""
     uri = storage.join(directory, MANIFEST_FILE)
     if not storage.exists(uri):
         return {}
-    return {r["video_id"]: ManifestEntry(r["video_id"], r["shard"]) for r in storage.read_jsonl(uri)}
+    return {r["video_id"]: r for r in storage.read_jsonl(uri)}
 
 
-def write_manifest(directory: str, entries: Iterable[ManifestEntry]) -> None:
-    """Rewrites ``manifest.jsonl`` atomically, sorted by video id."""
-    rows = [asdict(e) for e in sorted(entries, key=lambda e: e.video_id)]
-    storage.write_jsonl(storage.join(directory, MANIFEST_FILE), rows)
-
-
-def read_errors(directory: str) -> list[TokenError]:
-    uri = storage.join(directory, ERRORS_FILE)
-    if not storage.exists(uri):
-        return []
-    return [TokenError(r["video_id"], r["video"], r["reason"]) for r in storage.read_jsonl(uri)]
-
-
-def write_errors(directory: str, errors: Iterable[TokenError]) -> None:
-    """Rewrites ``errors.jsonl`` atomically, sorted by video id."""
-    rows = [asdict(e) for e in sorted(errors, key=lambda e: e.video_id)]
-    storage.write_jsonl(storage.join(directory, ERRORS_FILE), rows)
-
-
-def reconcile_manifest(directory: str) -> dict[str, ManifestEntry]:
-    """Makes the manifest list exactly the videos of the shards that exist, and returns it.
+def reconcile_manifest(directory: str) -> dict[str, dict]:
+    """The manifest rows of exactly the videos of the shards that exist (``{video_id, shard}``).
 
     A shard is written before its videos enter the manifest, so after an interrupted run there
     may be shards the manifest does not list yet: their videos are added (their tokens are
-    complete). Entries whose shard is gone are dropped, so those videos are encoded again.
+    complete). Entries whose shard is gone are dropped, so those videos are encoded again. The
+    precompute job starts its ledger from these rows (and writes them).
+
+    Raises:
+        ValueError: a video stored in two shards.
     """
     manifest = read_manifest(directory)
     shards = {posixpath.basename(s): s for s in list_token_shards(directory)}
-    entries = {vid: e for vid, e in manifest.items() if e.shard in shards}
-    listed = {e.shard for e in entries.values()}
+    entries = {vid: e for vid, e in manifest.items() if e["shard"] in shards}
+    listed = {e["shard"] for e in entries.values()}
     for name, shard in shards.items():
         if name in listed:
             continue
         for vid in _read_shard(shard, ["video_id"], None).column("video_id").to_pylist():
             if vid in entries:
-                raise ValueError(f"{directory}: video {vid!r} is stored in both {entries[vid].shard} and {name}")
-            entries[vid] = ManifestEntry(vid, name)
-    if entries != manifest:
-        write_manifest(directory, entries.values())
+                raise ValueError(f"{directory}: video {vid!r} is stored in both {entries[vid]['shard']} and {name}")
+            entries[vid] = {"video_id": vid, "shard": name}
     return entries

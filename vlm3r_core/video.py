@@ -85,6 +85,68 @@ def _open(source: str | bytes, name: str) -> av.container.InputContainer:
         raise VideoDecodeError(f"{name}: cannot open video ({e})") from e
 
 
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a video's container says about it, read without decoding a frame.
+
+    Attributes:
+        width, height: frame size in pixels.
+        num_frames: N, frames of the first video stream (the container's count; packets counted
+            when the container has none).
+        fps: average frame rate (0 when unknown).
+        codec: the stream's codec name (``"h264"``).
+    """
+
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    codec: str
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+
+def probe_video(source: str | bytes, name: str | None = None) -> VideoProbe:
+    """Reads a video's size, frame count, rate and codec from its container, decoding nothing.
+
+    A remote URI is read through a file object, so only the parts of the file the demuxer asks
+    for are fetched (the header; all packets only when the header holds no frame count).
+
+    Raises:
+        VideoDecodeError: no such file, not a video container, or no video stream.
+    """
+    name = name or (source if isinstance(source, str) else "<video bytes>")
+    try:
+        if isinstance(source, str) and storage.is_remote(source):
+            fs, path = storage.filesystem(source)
+            with fs.open(path, "rb") as f, av.open(f, mode="r") as container:
+                return _probe(container, name)
+        with _open(source, name) as container:
+            return _probe(container, name)
+    except FileNotFoundError as e:
+        raise VideoDecodeError(f"{name}: no such video file") from e
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoDecodeError(f"{name}: cannot open video ({e})") from e
+
+
+def _probe(container: av.container.InputContainer, name: str) -> VideoProbe:
+    if not container.streams.video:
+        raise VideoDecodeError(f"{name}: no video stream")
+    stream = container.streams.video[0]
+    n = int(stream.frames or 0)
+    if n <= 0:
+        n = sum(1 for p in container.demux(stream) if p.size > 0)
+    return VideoProbe(
+        width=int(stream.codec_context.width),
+        height=int(stream.codec_context.height),
+        num_frames=n,
+        fps=float(stream.average_rate) if stream.average_rate else 0.0,
+        codec=str(stream.codec_context.name),
+    )
+
+
 def _count_frames(source: str | bytes, name: str) -> int:
     """Counts the video packets of the first stream without decoding them."""
     with _open(source, name) as container:

@@ -1,4 +1,4 @@
-"""A batch of synthetic scenes: ids, seeds, splits, and the manifest / errors files of a run.
+"""A batch of synthetic scenes: the run config, ids, seeds and splits, and one scene's task.
 
 Scene ``i`` of a batch with seed ``S`` is ``syn-{i:06d}``; its own seed and its split come from
 ``(S, i)`` only, so growing ``--num-scenes`` keeps every earlier scene (and its split) unchanged.
@@ -6,25 +6,51 @@ Scene ``i`` goes to ``val`` when ``floor((i + 1) * val_fraction) > floor(i * val
 prefix of a batch holds exactly ``floor(n * val_fraction)`` val scenes, and growing the batch never
 moves a scene between splits.
 
-Beside the scene folders, under ``<root>/scenes/synthetic/``:
-- ``manifest.jsonl``: one :class:`SceneRecord` per finished scene (sorted by scene id); a re-run
-  skips the scenes listed there;
-- ``errors.jsonl``: one ``{"scene_id", "seed", "error"}`` line per scene that failed in the last run.
+The run's ledger (:class:`vlm3r_core.ledger.RunLedger`) lives beside the scene folders, under
+``<root>/scenes/synthetic/``: ``manifest.jsonl`` holds one :class:`SceneRecord` per finished scene
+(a re-run skips them), ``errors.jsonl`` one ``{"scene_id", "error", "seed"}`` row per scene that
+failed in the last run.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from datagen.synthetic.world import DATASET, SyntheticConfig, write_synthetic_scene
 from vlm3r_core import storage
-from vlm3r_core.scene import scene_dir
+from vlm3r_core.scene import scene_dir, verify_video
 
-MANIFEST_FILE = "manifest.jsonl"
-ERRORS_FILE = "errors.jsonl"
+
+@dataclass(frozen=True)
+class MakeScenesConfig:
+    """A batch of synthetic scenes to write.
+
+    Args:
+        num_scenes: scenes in the batch (``syn-000000`` ...); a larger batch keeps the earlier scenes.
+        out: output root URI (writes ``<out>/scenes/synthetic/...``).
+        seed: batch seed; scene ``i`` depends only on ``(seed, i)``.
+        val_fraction: fraction of scenes in the val split (every k-th scene, stable as the batch grows).
+        num_cpus_per_scene: CPUs of each scene's Ray task (fractions allowed).
+        scene: how each scene is rendered.
+    """
+
+    num_scenes: int
+    out: str
+    seed: int = 0
+    val_fraction: float = 0.1
+    num_cpus_per_scene: float = 1.0
+    scene: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self):
+        if self.num_scenes < 1:
+            raise ValueError(f"num_scenes must be >= 1, got {self.num_scenes}")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1], got {self.val_fraction}")
+        if not self.num_cpus_per_scene > 0:
+            raise ValueError(f"num_cpus_per_scene must be > 0, got {self.num_cpus_per_scene}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +89,10 @@ def plan_scenes(num_scenes: int, seed: int, val_fraction: float) -> list[SceneTa
 
 
 def run_scene_task(root: str, task: SceneTask, cfg: SyntheticConfig) -> SceneRecord:
-    """Generates and writes one scene; returns its manifest record (raises on failure)."""
+    """Generates and writes one scene, checks the written video against its ``scene.json`` and
+    returns its manifest record (raises on failure)."""
     scene = write_synthetic_scene(root, task.scene_id, task.seed, cfg, task.split)
+    verify_video(scene, scene_dir(root, DATASET, task.scene_id))
     return SceneRecord(
         scene_id=task.scene_id,
         split=task.split,
@@ -79,20 +107,3 @@ def run_scene_task(root: str, task: SceneTask, cfg: SyntheticConfig) -> SceneRec
 def dataset_dir(root: str) -> str:
     """``<root>/scenes/synthetic``: the scene folders, the manifest and the errors file."""
     return storage.join(root, "scenes", DATASET)
-
-
-def read_manifest(root: str) -> dict[str, SceneRecord]:
-    """Finished scenes by id (empty when there is no manifest yet)."""
-    uri = storage.join(dataset_dir(root), MANIFEST_FILE)
-    if not storage.exists(uri):
-        return {}
-    return {row["scene_id"]: SceneRecord(**row) for row in storage.read_jsonl(uri)}
-
-
-def write_manifest(root: str, records: dict[str, SceneRecord]) -> None:
-    storage.write_jsonl(storage.join(dataset_dir(root), MANIFEST_FILE), [asdict(records[k]) for k in sorted(records)])
-
-
-def write_errors(root: str, errors: list[dict]) -> None:
-    """Rewrites ``errors.jsonl`` with this run's failures (an empty file when none failed)."""
-    storage.write_jsonl(storage.join(dataset_dir(root), ERRORS_FILE), sorted(errors, key=lambda e: e["scene_id"]))

@@ -212,3 +212,18 @@ def transform_scene(scene: Scene, yaw_deg: float, shift: Sequence[float]) -> Sce
         ),
         frames=tuple(dataclasses.replace(f, cam_to_world=move @ f.cam_to_world) for f in scene.frames),
     )
+
+
+def write_scene_with_video(scene: Scene, root: str) -> str:
+    """Writes ``scene.json`` and a video that matches it (its frame count and size; plain grey
+    frames), as every job checks; returns the scene folder URI."""
+    from vlm3r_core import storage
+    from vlm3r_core.scene import write_scene
+    from vlm3r_core.video import write_video_stream
+
+    folder = write_scene(scene, root)
+    frame = np.full((scene.video.height, scene.video.width, 3), 128, np.uint8)
+    write_video_stream(
+        storage.join(folder, scene.video.uri), (frame for _ in range(scene.video.num_frames)), scene.video.fps
+    )
+    return folder

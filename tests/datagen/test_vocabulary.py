@@ -8,15 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from datagen.qa import QAConfig, find_scenes, generate_scene_rows, process_scene, write_outputs
+from datagen.qa import QAConfig, generate_scene_rows, process_scene, write_outputs
 from datagen.routing.builtin import FloorPlan
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
 from datagen.vocabulary import question_vocabulary, vocabulary_tables
 from jobs.generate_qa import parse_args
-from tests.datagen.scene_builder import box, look_at, make_scene, random_scene
+from tests.datagen.scene_builder import box, look_at, make_scene, random_scene, write_scene_with_video
 from vlm3r_core import storage
-from vlm3r_core.scene import DATASETS, write_scene
+from vlm3r_core.scene import DATASETS, list_scenes
 
 # One raw ScanNet label per object of a random room (18 boxes); none of the OUT_OF_VOCABULARY ones
 # may ever be named under "vsibench", "trash can" + "recycling bin" count as 2 "trash bin"s and
@@ -186,8 +186,8 @@ def test_job_flag_cache_key_and_manifest(tmp_path):
     assert dataclasses.replace(config, vocabulary="vsibench").fingerprint() != config.fingerprint()
 
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
-    write_scene(_scannet_room(), root)
-    scenes = find_scenes(root)
+    write_scene_with_video(_scannet_room(), root)
+    scenes = list_scenes(root)
     for vocabulary, asked in (("all", "office chair"), ("vsibench", "trash bin")):
         config = dataclasses.replace(config, vocabulary=vocabulary)
         assert process_scene(scenes[0], out, config).error is None

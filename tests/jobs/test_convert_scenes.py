@@ -7,14 +7,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datagen" / "readers"))
 
-import pytest  # noqa: E402
 import source_fixtures as sf  # noqa: E402
 
-from datagen.readers import errors_uri, read_manifest  # noqa: E402
 from jobs.convert_scenes import main  # noqa: E402
 from vlm3r_core import storage  # noqa: E402
 from vlm3r_core.scene import read_scene  # noqa: E402
 from vlm3r_core.video import read_video  # noqa: E402
+
+
+def errors_uri(out: str, dataset: str) -> str:
+    return f"{out}/scenes/{dataset}/errors.jsonl"
+
+
+def read_manifest(out: str, dataset: str) -> dict[str, dict]:
+    return {r["scene_id"]: r for r in storage.read_jsonl(f"{out}/scenes/{dataset}/manifest.jsonl")}
 
 
 def test_convert_scenes_records_failures_and_resumes(ray_local, moto_s3, tmp_path, capsys):
@@ -54,7 +60,7 @@ def test_convert_scenes_records_failures_and_resumes(ray_local, moto_s3, tmp_pat
     assert row["uri"] == f"{out}/scenes/scannet/scene0000_00" and scene.split == "train"
     assert read_video(scene.video_uri(row["uri"]), num_samples=3).num_frames == scene.video.num_frames == 3
     assert (
-        "1 scannet scenes converted (0 already done, 2 failed, 1 frames dropped)" in capsys.readouterr().out
+        "[convert_scenes] 1 done, 0 already done, 2 failed of 3, 1 frames dropped" in capsys.readouterr().out
     )
 
     mesh.write_bytes(intact)
@@ -66,7 +72,7 @@ def test_convert_scenes_records_failures_and_resumes(ray_local, moto_s3, tmp_pat
         "scene0000_00": "train", "scene0011_00": "val", "scene0099_00": "test"
     }  # fmt: skip
     assert (
-        "2 scannet scenes converted (1 already done, 0 failed, 2 frames dropped)" in capsys.readouterr().out
+        "[convert_scenes] 2 done, 1 already done, 0 failed of 3, 2 frames dropped" in capsys.readouterr().out
     )
 
 
@@ -87,9 +93,9 @@ def test_convert_arkitscenes_turns_frames_upright_by_metadata(ray_local, tmp_pat
     assert read_video(scene.video_uri(row["uri"]), num_samples=3).frames.shape[1:3] == (32, 24)
     (error,) = storage.read_jsonl(errors_uri(out, "arkitscenes"))
     assert error["scene_id"] == "41069026" and f"is not in {metadata}" in error["error"]
-    assert "1 arkitscenes scenes converted (0 already done, 1 failed" in capsys.readouterr().out
+    assert "[convert_scenes] 1 done, 0 already done, 1 failed of 2" in capsys.readouterr().out
 
-    with pytest.raises(ValueError, match="arkitscenes_metadata applies to --dataset arkitscenes"):
+    assert (
         main(
             [
                 "--dataset",
@@ -102,3 +108,6 @@ def test_convert_arkitscenes_turns_frames_upright_by_metadata(ray_local, tmp_pat
                 "m.csv",
             ]
         )
+        == 1
+    )
+    assert "--arkitscenes-metadata applies to --dataset arkitscenes" in capsys.readouterr().err

@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datagen.qa import find_scenes, process_scene, write_outputs
+from datagen.qa import process_scene, write_outputs
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
 from jobs.generate_qa import main, parse_args
-from tests.datagen.scene_builder import random_scene
+from tests.datagen.scene_builder import random_scene, write_scene_with_video
 from vlm3r_core import storage
 from vlm3r_core.evaluation import read_benchmark
-from vlm3r_core.scene import write_scene
+from vlm3r_core.scene import list_scenes
 from vlm3r_core.train_data import read_training_examples
 
 
@@ -47,7 +47,7 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     assert main([*common, "--out", two, "--concurrency", "2", "--num-cpus-per-scene", "0.25"]) == 0
     # One worker: the same library calls in this process, one scene after the other.
     config = parse_args([*common, "--out", one]).qa
-    scenes = find_scenes(root)
+    scenes = list_scenes(root)
     results = [process_scene(s, one, config) for s in scenes]
     write_outputs(one, config, scenes, [r for r in results if r.error])
     assert _outputs(one) == _outputs(two)
@@ -61,7 +61,7 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     assert (
         set(manifest["counts"]) == {"train", "val"} and manifest["counts"]["val"]["room_size_estimation"] == 1
     )
-    errors = storage.read_jsonl(f"{one}/qa/errors.jsonl")
+    errors = storage.read_jsonl(f"{two}/qa/errors.jsonl")  # the job's ledger
     assert (
         len(errors) == 1
         and errors[0]["scene"].endswith("syn-broken")
@@ -93,7 +93,7 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     caches = storage.list_files(f"{one}/qa/_per_scene", ".parquet")
     stamps = [(tmp_path / c).stat().st_mtime_ns for c in caches]
     assert main([*common, "--out", one, "--concurrency", "1"]) == 0
-    assert "3 cached, 1 failed" in capsys.readouterr().out
+    assert "[generate_qa] 0 done, 3 already done, 1 failed of 4" in capsys.readouterr().out
     assert [(tmp_path / c).stat().st_mtime_ns for c in caches] == stamps
     assert _outputs(one) == _outputs(two)
 
@@ -101,7 +101,7 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
 def test_runs_against_s3(ray_local, moto_s3):
     root = f"{moto_s3}/data"
     for i, split in enumerate(["train", "val"]):
-        write_scene(
+        write_scene_with_video(
             random_scene(
                 np.random.default_rng(i), num_objects=12, num_frames=64, scene_id=f"toy-{i}", split=split
             ),
@@ -137,12 +137,29 @@ def test_runs_against_s3(ray_local, moto_s3):
 def test_arguments_are_checked():
     cfg = parse_args(["--scenes", "s", "--out", "o", "--per-scene-cap", "7", "route_planning=2"])
     assert cfg.qa.cap("route_planning") == 2 and cfg.qa.cap("object_counting") == 7
-    with pytest.raises(ValueError, match="per-scene-cap"):
+    with pytest.raises(ValueError, match="--per-scene-cap 'many': expected N or TASK=N"):
         parse_args(["--scenes", "s", "--out", "o", "--per-scene-cap", "many"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['nonsense'\]"):
         parse_args(["--scenes", "s", "--out", "o", "--tasks", "nonsense"])
     assert dataclasses.replace(cfg.qa, seed=1).fingerprint() != cfg.qa.fingerprint()
 
 
-def test_no_scenes_is_an_error(tmp_path):
+def test_no_scenes_is_an_error(tmp_path, capsys):
     assert main(["--scenes", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"[generate_qa] error: FileNotFoundError: no scene.json under {tmp_path}\n"
+
+
+def test_a_video_shorter_than_its_scene_is_a_recorded_failure(ray_local, tmp_path, capsys):
+    root, out = str(tmp_path / "data"), str(tmp_path / "out")
+    scene = random_scene(np.random.default_rng(0), num_objects=8, num_frames=40, scene_id="short")
+    folder = write_scene_with_video(scene, root)
+    write_scene_with_video(random_scene(np.random.default_rng(1), num_objects=8, num_frames=40, scene_id="ok"), root)
+    frame = np.zeros((scene.video.height, scene.video.width, 3), np.uint8)
+    from vlm3r_core.video import write_video
+
+    write_video(f"{folder}/video.mp4", np.stack([frame] * 5), scene.video.fps)  # 5 frames, scene.json says 40
+    assert main(["--scenes", root, "--out", out]) == 0
+    (error,) = storage.read_jsonl(f"{out}/qa/errors.jsonl")
+    assert error["scene"] == folder and "5 frames, scene.json says 40" in error["error"]
+    rows = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
+    assert rows and {r["scene_name"] for r in rows} == {"ok"}

@@ -7,7 +7,7 @@ import pytest
 from datagen.synthetic.batch import plan_scenes
 from jobs.make_scenes import main, parse_args
 from vlm3r_core import storage
-from vlm3r_core.scene import list_scene_dirs, read_scene
+from vlm3r_core.scene import list_scenes, read_scene
 from vlm3r_core.video import read_video
 
 SMALL = ["--width", "160", "--height", "120", "--fps", "5", "--duration-s", "2", "--num-cpus-per-scene", "0.5"]
@@ -32,7 +32,7 @@ def test_plan_is_deterministic_and_stable_when_growing():
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="even"):
         parse_args(["--num-scenes", "1", "--out", "x", "--width", "161"])
-    with pytest.raises(ValueError, match="val_fraction"):
+    with pytest.raises(ValueError, match="--val-fraction"):
         parse_args(["--num-scenes", "1", "--out", "x", "--val-fraction", "1.5"])
 
 
@@ -55,26 +55,28 @@ def test_writes_scenes_records_failures_and_resumes(ray_local, tmp_path, capsys)
     for row in manifest:
         assert row["split"] == splits[row["scene_id"]] and row["num_frames"] == 10
         _check_scene(row["uri"], row["split"])
-    assert "2 scenes written" in capsys.readouterr().out
+    assert "[make_scenes] 2 done, 0 already done, 1 failed of 3" in capsys.readouterr().out
 
     first_json = tmp_path / "scenes" / "synthetic" / "syn-000000" / "scene.json"
     mtime = os.stat(first_json).st_mtime_ns
     blocker.unlink()
     assert main(args) == 0
-    assert "1 scenes written" in capsys.readouterr().out and os.stat(first_json).st_mtime_ns == mtime
+    out_text = capsys.readouterr().out
+    assert "1 done, 2 already done, 0 failed of 3" in out_text and os.stat(first_json).st_mtime_ns == mtime
     manifest = storage.read_jsonl(storage.join(base, "manifest.jsonl"))
     assert [r["scene_id"] for r in manifest] == ["syn-000000", "syn-000001", "syn-000002"]
     assert storage.read_jsonl(storage.join(base, "errors.jsonl")) == []
-    assert len(list_scene_dirs(out, "synthetic")) == 3
+    assert len([r.dir for r in list_scenes(f"{out}/scenes/synthetic")]) == 3
 
     assert main(args) == 0  # everything done: nothing is generated again
-    assert "0 scenes written" in capsys.readouterr().out and os.stat(first_json).st_mtime_ns == mtime
+    assert "0 done, 3 already done, 0 failed of 3" in capsys.readouterr().out
+    assert os.stat(first_json).st_mtime_ns == mtime
 
 
 def test_writes_to_s3(ray_local, moto_s3):
     out = f"{moto_s3}/data"
     assert main(["--num-scenes", "2", "--out", out, "--seed", "1", "--val-fraction", "0", *SMALL]) == 0
-    folders = list_scene_dirs(out, "synthetic")
+    folders = [r.dir for r in list_scenes(f"{out}/scenes/synthetic")]
     assert folders == [f"{out}/scenes/synthetic/syn-000000", f"{out}/scenes/synthetic/syn-000001"]
     for folder in folders:
         _check_scene(folder, "train")

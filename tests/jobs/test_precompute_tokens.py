@@ -14,7 +14,6 @@ from vlm3r_core.tokens import (
     VideoTokens,
     iter_video_tokens,
     read_encoder_info,
-    read_errors,
     read_manifest,
     read_token_table,
     write_token_shard,
@@ -48,11 +47,15 @@ def write_video_scene(root: str, scene_id: str, seed: int, corrupt: bool = False
     return folder
 
 
+def read_errors(out_dir: str) -> list[dict]:
+    return storage.read_jsonl(f"{out_dir}/errors.jsonl")
+
+
 def run(root: str, capsys) -> tuple[int, str]:
     argv = ["--scenes", root, "--out", root, "--preset", "tiny", "--num-frames", str(NUM_FRAMES),
             "--with-vision-features", "--batch-size", "2"]  # fmt: skip
     code = main(argv)
-    summary = [line for line in capsys.readouterr().out.splitlines() if "encoded" in line]
+    summary = [line for line in capsys.readouterr().out.splitlines() if " failed of " in line]
     assert len(summary) == 1, summary
     return code, summary[0]
 
@@ -71,11 +74,11 @@ def test_local_run_reports_corrupt_video_and_rerun_encodes_only_new_videos(ray_l
     code, summary = run(root, capsys)
 
     assert code == 0
-    assert re.search(r"encoded 2 videos, skipped 0 .* failed 1", summary), summary
+    assert "[precompute_tokens] 2 done, 0 already done, 1 failed of 3" in summary, summary
     assert sorted(read_manifest(out_dir)) == ["synthetic/a", "synthetic/b"]
     (error,) = read_errors(out_dir)
-    assert error.video_id == "synthetic/broken" and error.video.endswith("broken/video.mp4")
-    assert "VideoDecodeError" in error.reason and "cannot open video" in error.reason
+    assert error["video_id"] == "synthetic/broken" and error["video"].endswith("broken/video.mp4")
+    assert "VideoDecodeError" in error["error"] and "cannot open video" in error["error"]
     table = read_token_table(out_dir)
     videos = {v.video_id: v for v in iter_video_tokens(table)}
     assert sorted(videos) == ["synthetic/a", "synthetic/b"]
@@ -83,14 +86,14 @@ def test_local_run_reports_corrupt_video_and_rerun_encodes_only_new_videos(ray_l
     assert videos["synthetic/a"].patch_tokens.dtype == np.float16
     assert read_encoder_info(out_dir).name == ENCODER_NAME
     first_shards = shard_files(out_dir)
-    assert sum(len(b) for b in first_shards.values()) == int(re.search(r"wrote (\d+) bytes", summary).group(1))
+    assert sum(len(b) for b in first_shards.values()) == int(re.search(r", (\d+) bytes", summary).group(1))
 
     # Re-run with one more scene: only the new video is encoded; finished shards are untouched.
     write_video_scene(root, "c", seed=3)
     code, summary = run(root, capsys)
 
     assert code == 0
-    assert re.search(r"encoded 1 videos, skipped 2 .* failed 1", summary), summary
+    assert "1 done, 2 already done, 1 failed of 4" in summary, summary
     assert sorted(read_manifest(out_dir)) == ["synthetic/a", "synthetic/b", "synthetic/c"]
     after = shard_files(out_dir)
     assert {u: after[u] for u in first_shards} == first_shards
@@ -98,6 +101,23 @@ def test_local_run_reports_corrupt_video_and_rerun_encodes_only_new_videos(ray_l
     assert sorted(read_token_table(out_dir, columns=["video_id"]).column("video_id").to_pylist()) == [
         "synthetic/a", "synthetic/b", "synthetic/c",
     ]  # fmt: skip
+
+    # The same state gives the same verdict: only the corrupt video is left, and it fails again.
+    code, summary = run(root, capsys)
+    assert code == 0 and "0 done, 3 already done, 1 failed of 4" in summary, summary
+
+
+def test_a_video_shorter_than_its_scene_is_a_recorded_failure(ray_local, tmp_path, capsys):
+    root = str(tmp_path / "data")
+    write_video_scene(root, "a", seed=0)
+    folder = write_video_scene(root, "short", seed=1)
+    frames = np.random.default_rng(1).integers(0, 255, (5, 48, 64, 3), dtype=np.uint8)
+    write_video(storage.join(folder, "video.mp4"), frames, fps=10)  # 5 frames, scene.json says 10
+
+    code, summary = run(root, capsys)
+    assert code == 0 and "1 done, 0 already done, 1 failed of 2" in summary, summary
+    (error,) = read_errors(f"{root}/tokens/{ENCODER_NAME}")
+    assert error["video_id"] == "synthetic/short" and "5 frames, scene.json says 10" in error["error"]
 
 
 def test_s3_run_writes_readable_shards_and_manifest(ray_local, moto_s3, capsys):
@@ -107,7 +127,7 @@ def test_s3_run_writes_readable_shards_and_manifest(ray_local, moto_s3, capsys):
 
     code, summary = run(root, capsys)
 
-    assert code == 0 and re.search(r"encoded 2 videos, skipped 0 .* failed 0", summary), summary
+    assert code == 0 and "2 done, 0 already done, 0 failed of 2" in summary, summary
     out_dir = f"{root}/tokens/{ENCODER_NAME}"
     assert sorted(read_manifest(out_dir)) == ["synthetic/a", "synthetic/b"]
     assert read_errors(out_dir) == []
@@ -130,4 +150,5 @@ def test_a_shard_set_of_another_encoder_is_refused(tmp_path, capsys):
     write_token_shard(f"{root}/tokens/{ENCODER_NAME}/part-0.parquet", [tokens], other)
 
     assert main(["--scenes", root, "--out", root, "--num-frames", str(NUM_FRAMES), "--with-vision-features"]) == 1
-    assert "holds shards of another encoder" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("[precompute_tokens] error: ValueError: ") and "holds shards of another encoder" in line

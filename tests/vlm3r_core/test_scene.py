@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from vlm3r_core.scene import Scene, SceneValidationError, list_scene_dirs, read_scene, write_scene
+from vlm3r_core.scene import Scene, SceneValidationError, list_scenes, read_scene, write_scene
 
 
 def scene_dict():
@@ -48,7 +48,7 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert again.extra == {"source_note": "extra fields survive"}
     assert again.video_uri(folder) == folder + "/video.mp4"
     np.testing.assert_allclose(again.frames[0].camera_center, [1.0, 0.5, 1.5])
-    assert list_scene_dirs(str(tmp_path)) == [folder]
+    assert [r.dir for r in list_scenes(str(tmp_path))] == [folder]
 
 
 def test_box_corners_follow_the_rotation():

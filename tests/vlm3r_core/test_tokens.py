@@ -13,19 +13,14 @@ import pytest
 from vlm3r_core import storage
 from vlm3r_core.tokens import (
     EncoderInfo,
-    ManifestEntry,
-    TokenError,
     VideoTokens,
     iter_video_tokens,
     read_encoder_info,
-    read_errors,
     read_manifest,
     read_token_table,
     reconcile_manifest,
     shard_name,
     token_dir,
-    write_errors,
-    write_manifest,
     write_token_shard,
 )
 
@@ -139,22 +134,23 @@ def test_encoder_name_and_validation():
         EncoderInfo(preset="tiny", checkpoint="", image_size=48, num_frames=4, dtype="bfloat16")
 
 
-def test_manifest_and_errors_round_trip_and_reconcile(tmp_path):
+def test_reconcile_adopts_written_shards_and_drops_missing_ones(tmp_path):
     folder = str(tmp_path / "set")
-    assert read_manifest(folder) == {} and read_errors(folder) == []
+    assert read_manifest(folder) == {} and reconcile_manifest(folder) == {}
     write_token_shard(f"{folder}/part-0.parquet", [make_tokens("synthetic/a", 0)], ENCODER)
     write_token_shard(f"{folder}/part-1.parquet", [make_tokens("synthetic/b", 1), make_tokens("synthetic/c", 2)], ENCODER)
     # An interrupted run: part-1 is written but not yet listed; part-9 is listed but gone.
-    write_manifest(folder, [ManifestEntry("synthetic/a", "part-0.parquet"), ManifestEntry("synthetic/z", "part-9.parquet")])
-    entries = reconcile_manifest(folder)
-    assert entries == read_manifest(folder) == {
-        "synthetic/a": ManifestEntry("synthetic/a", "part-0.parquet"),
-        "synthetic/b": ManifestEntry("synthetic/b", "part-1.parquet"),
-        "synthetic/c": ManifestEntry("synthetic/c", "part-1.parquet"),
+    storage.write_jsonl(f"{folder}/manifest.jsonl", [
+        {"video_id": "synthetic/a", "shard": "part-0.parquet"}, {"video_id": "synthetic/z", "shard": "part-9.parquet"},
+    ])  # fmt: skip
+    assert reconcile_manifest(folder) == {
+        "synthetic/a": {"video_id": "synthetic/a", "shard": "part-0.parquet"},
+        "synthetic/b": {"video_id": "synthetic/b", "shard": "part-1.parquet"},
+        "synthetic/c": {"video_id": "synthetic/c", "shard": "part-1.parquet"},
     }
-    errors = [TokenError("synthetic/d", "/x/video.mp4", "no video stream")]
-    write_errors(folder, errors)
-    assert read_errors(folder) == errors
+    write_token_shard(f"{folder}/part-2.parquet", [make_tokens("synthetic/a", 3)], ENCODER)
+    with pytest.raises(ValueError, match="'synthetic/a' is stored in both"):
+        reconcile_manifest(folder)
 
 
 def test_shard_name_depends_only_on_the_set_of_videos():

@@ -54,24 +54,42 @@ class VideoFeatures:
     """Frozen-encoder outputs for a batch of videos: what the token shards store.
 
     Attributes:
-        vision_features: (B, T, P, Cv) SigLIP penultimate-layer tokens.
+        vision_features: (B, T, P, Cv) SigLIP penultimate-layer tokens; None when only CUT3R ran
+            (token shards without SigLIP features).
         camera_tokens: (B, T, 1, Cs) CUT3R camera token z'_t.
         patch_tokens: (B, T, N, Cs) CUT3R patch tokens F'_t.
         frame_mask: (B, T) bool, True for real frames; padding frames hold zeros.
+        poses: (B, T, 7) CUT3R camera poses (translation, quaternion) when its pose head ran.
     """
 
-    vision_features: torch.Tensor
+    vision_features: torch.Tensor | None
     camera_tokens: torch.Tensor
     patch_tokens: torch.Tensor
     frame_mask: torch.Tensor
+    poses: torch.Tensor | None = None
 
     def to(self, device=None, dtype=None) -> VideoFeatures:
+        def move(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.to(device, dtype)
+
         return VideoFeatures(
-            self.vision_features.to(device, dtype),
+            move(self.vision_features),
             self.camera_tokens.to(device, dtype),
             self.patch_tokens.to(device, dtype),
             self.frame_mask.to(device),
+            move(self.poses),
         )
+
+    def video(self, b: int) -> VideoFeatures:
+        """Video ``b`` alone, (1, T, ...), as copies (a view would keep the whole batch alive)."""
+
+        def take(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[b : b + 1].clone()
+
+        return VideoFeatures(
+            take(self.vision_features), take(self.camera_tokens), take(self.patch_tokens), take(self.frame_mask),
+            take(self.poses),
+        )  # fmt: skip
 
     @classmethod
     def from_videos(
@@ -81,13 +99,14 @@ class VideoFeatures:
         patch_tokens: Sequence[np.ndarray | torch.Tensor],
         dtype: torch.dtype = torch.float32,
     ) -> VideoFeatures:
-        """Pads per-video arrays ((T_b, P, Cv), (T_b, 1, Cs), (T_b, N, Cs)) into one batch."""
+        """Pads per-video arrays ((T_b, P, Cv), (T_b, 1, Cs), (T_b, N, Cs)) into one batch.
+
+        Arrays may be numpy (token shards) or tensors of any dtype and device (bf16 included);
+        the batch is in ``dtype`` on the device of the first video.
+        """
         if not (len(vision_features) == len(camera_tokens) == len(patch_tokens)) or not vision_features:
             raise ValueError("from_videos needs the same number (>= 1) of vision, camera and patch arrays")
-        parts = [
-            [torch.as_tensor(np.asarray(x)).to(dtype) for x in arrays]
-            for arrays in (vision_features, camera_tokens, patch_tokens)
-        ]
+        parts = [[_as_tensor(x, dtype) for x in arrays] for arrays in (vision_features, camera_tokens, patch_tokens)]
         lengths = [v.shape[0] for v in parts[0]]
         for b, (v, c, p) in enumerate(zip(*parts, strict=True)):
             if not (v.shape[0] == c.shape[0] == p.shape[0]) or c.shape[1] != 1:
@@ -100,11 +119,17 @@ class VideoFeatures:
         def pad(arrays: list[torch.Tensor]) -> torch.Tensor:
             out = arrays[0].new_zeros((len(arrays), t_max, *arrays[0].shape[1:]))  # (B, T, ...)
             for b, x in enumerate(arrays):
-                out[b, : x.shape[0]] = x
+                out[b, : x.shape[0]] = x.to(out.device)
             return out
 
         mask = torch.arange(t_max)[None, :] < torch.tensor(lengths)[:, None]  # (B, T)
-        return cls(pad(parts[0]), pad(parts[1]), pad(parts[2]), mask)
+        return cls(pad(parts[0]), pad(parts[1]), pad(parts[2]), mask.to(parts[0][0].device))
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A numpy array or tensor as a tensor of ``dtype`` (no numpy round trip for tensors: numpy has
+    no bfloat16; read-only arrays from Arrow are copied once, in the conversion)."""
+    return x.to(dtype) if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x), dtype=dtype)
 
 
 @dataclass
@@ -292,21 +317,28 @@ class Vlm3rForConditionalGeneration(nn.Module):
     def encode_frames(self, pixels: FramePixels) -> VideoFeatures:
         """Runs the frozen encoders: SigLIP on every real frame, CUT3R over each video.
 
+        The one encoder path of the system: token precompute, evaluation from raw video and the
+        serving encoder all call it.
+
         Args:
-            pixels: ``FramePixels`` (siglip (B, T, 3, S, S), cut3r (B, T, 3, G, G), frame_mask (B, T)).
+            pixels: ``FramePixels`` (siglip (B, T, 3, S, S) or None to run CUT3R only, cut3r (B, T,
+                3, G, G), frame_mask (B, T)).
 
         Returns:
-            ``VideoFeatures`` with zeros at padding frames.
+            ``VideoFeatures`` with zeros at padding frames (``vision_features`` None without
+            SigLIP pixels; ``poses`` when CUT3R's pose head is on).
         """
-        self.require(("vision_tower", "cut3r"), "encode_frames")
+        self.require(("cut3r",) if pixels.siglip is None else ("vision_tower", "cut3r"), "encode_frames")
         mask = pixels.frame_mask.to(self.device, torch.bool)
         dtype = self.config.torch_dtype
-        siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
-        hidden = self.vision_tower.embeddings(siglip_in)  # (n, P, Cv)
-        hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
-        b, t = mask.shape
-        vision = hidden.new_zeros((b, t, *hidden.shape[1:]))  # (B, T, P, Cv)
-        vision[mask] = hidden
+        vision = None
+        if pixels.siglip is not None:
+            siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
+            hidden = self.vision_tower.embeddings(siglip_in)  # (n, P, Cv)
+            hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
+            b, t = mask.shape
+            vision = hidden.new_zeros((b, t, *hidden.shape[1:]))  # (B, T, P, Cv)
+            vision[mask] = hidden
         geometry = self.cut3r.encode_video(pixels.cut3r.to(self.device, dtype), mask)
         keep = mask[:, :, None, None]
         return VideoFeatures(
@@ -314,6 +346,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             camera_tokens=geometry.camera_tokens * keep,  # (B, T, 1, Cs)
             patch_tokens=geometry.patch_tokens * keep,  # (B, T, N, Cs)
             frame_mask=mask,
+            poses=None if geometry.poses is None else geometry.poses * mask[:, :, None],  # (B, T, 7)
         )
 
     def embed_video(self, features: VideoFeatures) -> list[torch.Tensor]:

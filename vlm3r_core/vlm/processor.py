@@ -36,18 +36,20 @@ class FramePixels:
     """Encoder inputs of a batch of videos.
 
     Attributes:
-        siglip: (B, T, 3, S, S) float in [-1, 1].
+        siglip: (B, T, 3, S, S) float in [-1, 1]; None when only CUT3R runs.
         cut3r: (B, T, 3, G, G) float in [-1, 1].
         frame_mask: (B, T) bool, True for real frames (padding frames are zeros).
     """
 
-    siglip: torch.Tensor
+    siglip: torch.Tensor | None
     cut3r: torch.Tensor
     frame_mask: torch.Tensor
 
     def to(self, device=None, dtype=None) -> FramePixels:
         return FramePixels(
-            self.siglip.to(device, dtype), self.cut3r.to(device, dtype), self.frame_mask.to(device)
+            None if self.siglip is None else self.siglip.to(device, dtype),
+            self.cut3r.to(device, dtype),
+            self.frame_mask.to(device),
         )
 
 
@@ -113,36 +115,9 @@ class Vlm3rProcessor:
 
     # Frames ----------------------------------------------------------------------------------------
 
-    def preprocess_frames(self, videos: Sequence[np.ndarray | torch.Tensor]) -> FramePixels:
-        """Turns sampled frames of B videos into encoder pixels, padded to the longest video.
-
-        Args:
-            videos: B arrays (T_b, H, W, 3) uint8 RGB (``vlm3r_core.video.read_video(...).frames``).
-
-        Returns:
-            ``FramePixels`` with T = max T_b and ``frame_mask`` marking the real frames.
-        """
-        if not videos:
-            raise ValueError("preprocess_frames needs at least one video")
-        frames = []
-        for i, video in enumerate(videos):
-            video = torch.as_tensor(np.asarray(video))
-            if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
-                raise ValueError(
-                    f"video {i}: expected (T, H, W, 3) uint8 frames with T >= 1, got {tuple(video.shape)} {video.dtype}"
-                )
-            frames.append(video)
-        t_max = max(v.shape[0] for v in frames)
-        s, g = self.config.siglip_image_size, self.config.cut3r_image_size
-        siglip = torch.zeros(len(frames), t_max, 3, s, s)
-        cut3r = torch.zeros(len(frames), t_max, 3, g, g)
-        mask = torch.zeros(len(frames), t_max, dtype=torch.bool)
-        for b, video in enumerate(frames):
-            t = video.shape[0]
-            siglip[b, :t] = resize_frames(video, s)
-            cut3r[b, :t] = resize_frames(video, g)
-            mask[b, :t] = True
-        return FramePixels(siglip=siglip, cut3r=cut3r, frame_mask=mask)
+    def preprocess_frames(self, videos: Sequence[np.ndarray | torch.Tensor], vision: bool = True) -> FramePixels:
+        """:func:`frame_pixels` at this model's encoder sizes (``vision=False``: CUT3R only)."""
+        return frame_pixels(videos, self.config.cut3r_image_size, self.config.siglip_image_size if vision else None)
 
     # Text ------------------------------------------------------------------------------------------
 
@@ -182,3 +157,44 @@ class Vlm3rProcessor:
     def batch_decode(self, ids: torch.Tensor) -> list[str]:
         """Generated ids (B, L_new) -> answers, special tokens and surrounding spaces removed."""
         return [text.strip() for text in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def frame_pixels(
+    videos: Sequence[np.ndarray | torch.Tensor], cut3r_size: int, siglip_size: int | None
+) -> FramePixels:
+    """Turns sampled frames of B videos into encoder pixels, padded to the longest video.
+
+    Frames are squash-resized to the encoders' square inputs (:func:`resize_frames`) and
+    normalised with mean = std = 0.5.
+
+    Args:
+        videos: B arrays (T_b, H, W, 3) uint8 RGB (``vlm3r_core.video.read_video(...).frames``).
+        cut3r_size: G, CUT3R's input side.
+        siglip_size: S, SigLIP's input side; None skips SigLIP (``siglip`` None).
+
+    Returns:
+        ``FramePixels`` with T = max T_b and ``frame_mask`` marking the real frames.
+    """
+    if not videos:
+        raise ValueError("frame_pixels needs at least one video")
+    frames = []
+    for i, video in enumerate(videos):
+        if not isinstance(video, torch.Tensor):  # read-only arrays (Ray Data batches) are copied
+            video = np.asarray(video)
+            video = torch.from_numpy(video) if video.flags.writeable else torch.tensor(video)
+        if video.dtype != torch.uint8 or video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] == 0:
+            raise ValueError(
+                f"video {i}: expected (T, H, W, 3) uint8 frames with T >= 1, got {tuple(video.shape)} {video.dtype}"
+            )
+        frames.append(video)
+    t_max = max(v.shape[0] for v in frames)
+    siglip = None if siglip_size is None else torch.zeros(len(frames), t_max, 3, siglip_size, siglip_size)
+    cut3r = torch.zeros(len(frames), t_max, 3, cut3r_size, cut3r_size)
+    mask = torch.zeros(len(frames), t_max, dtype=torch.bool)
+    for b, video in enumerate(frames):
+        t = video.shape[0]
+        if siglip is not None:
+            siglip[b, :t] = resize_frames(video, siglip_size)
+        cut3r[b, :t] = resize_frames(video, cut3r_size)
+        mask[b, :t] = True
+    return FramePixels(siglip=siglip, cut3r=cut3r, frame_mask=mask)

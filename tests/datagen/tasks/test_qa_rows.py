@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -12,16 +11,15 @@ from datagen.qa import (
     QAConfig,
     assign_letters,
     conversation,
-    find_scenes,
     generate_scene_rows,
     process_scene,
     scene_cache_uri,
     write_outputs,
 )
-from tests.datagen.scene_builder import random_scene
+from tests.datagen.scene_builder import random_scene, write_scene_with_video
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig
-from vlm3r_core.scene import write_scene
+from vlm3r_core.scene import list_scenes
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +127,11 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
     import dataclasses
 
     root = str(tmp_path / "data")
-    write_scene(scene, root)
-    write_scene(dataclasses.replace(scene, scene_id="room-b", split="val"), root)
+    write_scene_with_video(scene, root)
+    write_scene_with_video(dataclasses.replace(scene, scene_id="room-b", split="val"), root)
     broken = storage.join(root, "scenes", "synthetic", "room-c")
     storage.write_text(storage.join(broken, "scene.json"), '{"scene_id": "room-c"}')
-    refs = find_scenes(root)
+    refs = list_scenes(root)
     assert [r.dir for r in refs] == [
         storage.join(root, "scenes", "synthetic", n) for n in ("room-a", "room-b", "room-c")
     ]
@@ -156,7 +154,7 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
     assert [c["id"] for c in convs] == [r["id"] for r in train]
     manifest = storage.read_json(f"{out}/qa/manifest.json")
     assert manifest["counts"] == summary.counts and manifest["num_failed"] == 1
-    assert json.loads(storage.read_text(f"{out}/qa/errors.jsonl"))["scene"] == broken
+    assert results[2].scene_dir == broken  # the job records it in qa/errors.jsonl (tests/jobs)
 
 
 def test_a_scene_rewritten_in_place_is_generated_again(tmp_path, scene):
@@ -164,13 +162,13 @@ def test_a_scene_rewritten_in_place_is_generated_again(tmp_path, scene):
 
     root, out = str(tmp_path / "data"), str(tmp_path / "out")
     config = QAConfig(default_cap=3)
-    write_scene(scene, root)
-    (before,) = find_scenes(root)
+    write_scene_with_video(scene, root)
+    (before,) = list_scenes(root)
     process_scene(before, out, config)
-    assert process_scene(find_scenes(root)[0], out, config).cached  # same file: cached
+    assert process_scene(list_scenes(root)[0], out, config).cached  # same file: cached
 
-    write_scene(dataclasses.replace(scene, split="val"), root)  # rewritten: new content, same folder
-    (after,) = find_scenes(root)
+    write_scene_with_video(dataclasses.replace(scene, split="val"), root)  # rewritten: new content, same folder
+    (after,) = list_scenes(root)
     assert after.dir == before.dir and after.version != before.version
     result = process_scene(after, out, config)
     assert not result.cached and result.num_rows > 0
