@@ -9,6 +9,8 @@ called ``ray.init()`` in-process keep their cluster.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -66,6 +68,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
     configure_data_context()
+    _stop_on_sigterm()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``ray job stop``, ``kill``) interrupts the driver like Ctrl-C, so the job stops its
+    Ray work and records what is done (``vlm3r_core.cli.run_job``). Set after ``ray.init``, whose
+    core worker installs a handler that aborts the process on the spot."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def configure_data_context() -> None:
@@ -92,7 +107,10 @@ def run_tasks(
     pending = {remote.remote(*args): key for key, args in calls}
     with tqdm(total=len(pending), desc=desc, unit="task") as bar:
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # back in Python each second: signals
+            if not ready:
+                continue
+            ref = ready[0]
             key = pending.pop(ref)
             try:
                 yield key, ray.get(ref), None

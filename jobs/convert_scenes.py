@@ -37,26 +37,27 @@ def parse_args(argv: list[str] | None = None) -> ConvertScenesConfig:
 def convert_scenes(cfg: ConvertScenesConfig, ray_options: RayOptions) -> RunSummary:
     plan = plan_conversion(cfg)
     ledger = RunLedger("convert_scenes", cfg.dataset_dir, "scene_id")
-    todo = ledger.plan(plan.sources)
-    for scene_id in todo:
-        if scene_id in plan.refused:
-            ledger.fail(scene_id, plan.refused[scene_id], source=plan.sources[scene_id].uri)
-    calls = [
-        (scene_id, (cfg.dataset, plan.sources[scene_id], cfg.out, *plan.todo[scene_id][:1], cfg.frame_stride,
-                    plan.todo[scene_id][1]))
-        for scene_id in todo
-        if scene_id in plan.todo
-    ]  # fmt: skip
-    dropped = 0
-    if calls:
-        connect(ray_options)
-        for scene_id, row, error in run_tasks(convert_scene_row, calls, cfg.num_cpus_per_scene, f"convert {cfg.dataset}"):
-            if error:
-                ledger.fail(scene_id, error, source=plan.sources[scene_id].uri)
-            else:
-                ledger.record(row)
-                dropped += row["frames_dropped"]
-    return ledger.close(**{"frames dropped": dropped})
+    with ledger:
+        todo = ledger.plan(plan.sources)
+        for scene_id in todo:
+            if scene_id in plan.refused:
+                ledger.fail(scene_id, plan.refused[scene_id], source=plan.sources[scene_id].uri)
+        calls = [
+            (scene_id, (cfg.dataset, plan.sources[scene_id], cfg.out, *plan.todo[scene_id][:1], cfg.frame_stride,
+                        plan.todo[scene_id][1]))
+            for scene_id in todo
+            if scene_id in plan.todo
+        ]  # fmt: skip
+        dropped = 0
+        if calls:
+            connect(ray_options)
+            for scene_id, row, error in run_tasks(convert_scene_row, calls, cfg.num_cpus_per_scene, f"convert {cfg.dataset}"):
+                if error:
+                    ledger.fail(scene_id, error, source=plan.sources[scene_id].uri)
+                else:
+                    ledger.record(row)
+                    dropped += row["frames_dropped"]
+        return ledger.close(**{"frames dropped": dropped})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,26 +63,27 @@ def generate_qa(cfg: GenerateQAConfig, ray_options: RayOptions) -> RunSummary:
     ledger = RunLedger(
         "generate_qa", qa_dir, "scene", done=cached_scenes(cfg.out, cfg.qa, scenes), manifest_file="scenes.jsonl"
     )
-    by_dir = {s.dir: s for s in scenes}
-    todo = ledger.plan(by_dir)
-    failures: list[SceneResult] = []
-    if todo:
-        connect(ray_options)
-        items = [{"scene_dir": d, "version": by_dir[d].version} for d in todo]
-        results = (
-            ray.data.from_items(items, override_num_blocks=len(items))
-            .map(_process_row, fn_kwargs={"out": cfg.out, "config": cfg.qa}, num_cpus=cfg.num_cpus_per_scene,
-                 concurrency=cfg.concurrency)  # fmt: skip
-            .iter_rows()
-        )
-        for r in results:
-            if r["error"]:
-                ledger.fail(r["scene_dir"], r["error"])
-                failures.append(SceneResult(r["scene_dir"], 0, r["error"]))
-            else:
-                ledger.record({"scene": r["scene_dir"], "version": by_dir[r["scene_dir"]].version, "rows": r["num_rows"]})
-    summary = write_outputs(cfg.out, cfg.qa, scenes, sorted(failures, key=lambda f: f.scene_dir))
-    return ledger.close(questions=summary.num_rows)
+    with ledger:
+        by_dir = {s.dir: s for s in scenes}
+        todo = ledger.plan(by_dir)
+        failures: list[SceneResult] = []
+        if todo:
+            connect(ray_options)
+            items = [{"scene_dir": d, "version": by_dir[d].version} for d in todo]
+            results = (
+                ray.data.from_items(items, override_num_blocks=len(items))
+                .map(_process_row, fn_kwargs={"out": cfg.out, "config": cfg.qa}, num_cpus=cfg.num_cpus_per_scene,
+                     concurrency=cfg.concurrency)  # fmt: skip
+                .iter_rows()
+            )
+            for r in results:
+                if r["error"]:
+                    ledger.fail(r["scene_dir"], r["error"])
+                    failures.append(SceneResult(r["scene_dir"], 0, r["error"]))
+                else:
+                    ledger.record({"scene": r["scene_dir"], "version": by_dir[r["scene_dir"]].version, "rows": r["num_rows"]})
+        summary = write_outputs(cfg.out, cfg.qa, scenes, sorted(failures, key=lambda f: f.scene_dir))
+        return ledger.close(questions=summary.num_rows)
 
 
 def main(argv: list[str] | None = None) -> int:

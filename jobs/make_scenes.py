@@ -31,19 +31,20 @@ def parse_args(argv: list[str] | None = None) -> MakeScenesConfig:
 
 def make_scenes(cfg: MakeScenesConfig, ray_options: RayOptions) -> RunSummary:
     ledger = RunLedger("make_scenes", dataset_dir(cfg.out), "scene_id")
-    tasks = {t.scene_id: t for t in plan_scenes(cfg.num_scenes, cfg.seed, cfg.val_fraction)}
-    todo = ledger.plan(tasks)
-    splits = {"train": 0, "val": 0}
-    if todo:
-        connect(ray_options)
-        calls = [(tasks[k], (cfg.out, tasks[k], cfg.scene)) for k in todo]
-        for task, record, error in run_tasks(run_scene_task, calls, cfg.num_cpus_per_scene, "synthetic scenes"):
-            if error:
-                ledger.fail(task.scene_id, error, seed=task.seed)
-            else:
-                ledger.record(asdict(record))
-                splits[task.split] += 1
-    return ledger.close(train=splits["train"], val=splits["val"])
+    with ledger:
+        tasks = {t.scene_id: t for t in plan_scenes(cfg.num_scenes, cfg.seed, cfg.val_fraction)}
+        todo = ledger.plan(tasks)
+        splits = {"train": 0, "val": 0}
+        if todo:
+            connect(ray_options)
+            calls = [(tasks[k], (cfg.out, tasks[k], cfg.scene)) for k in todo]
+            for task, record, error in run_tasks(run_scene_task, calls, cfg.num_cpus_per_scene, "synthetic scenes"):
+                if error:
+                    ledger.fail(task.scene_id, error, seed=task.seed)
+                else:
+                    ledger.record(asdict(record))
+                    splits[task.split] += 1
+        return ledger.close(train=splits["train"], val=splits["val"])
 
 
 def main(argv: list[str] | None = None) -> int:

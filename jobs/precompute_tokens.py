@@ -53,25 +53,25 @@ def precompute_tokens(cfg: PrecomputeConfig, ray_options: RayOptions) -> RunSumm
     if list_token_shards(out_dir) and (found := read_encoder_info(out_dir)) != encoder:
         raise ValueError(f"{out_dir} holds shards of another encoder ({found.to_json()}); this run is {encoder.to_json()}")
     ledger = RunLedger("precompute_tokens", out_dir, "video_id", done=reconcile_manifest(out_dir))
-    sources = {s.video_id: s for s in list_videos(cfg.scenes)}
-    todo = ledger.plan(sources)
-    print(f"[precompute_tokens] {len(sources)} videos, {len(sources) - len(todo)} already done, "
-          f"encoding {len(todo)} with {encoder.name} -> {out_dir}", flush=True)  # fmt: skip
-    shard_bytes: dict[str, int] = {}
-    if todo:
-        gpu = connect(ray_options)
-        num_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
-        ds = ray.data.from_items([asdict(sources[k]) for k in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(decode_videos, fn_kwargs={"num_frames": model_cfg.num_frames}, batch_size=1, num_cpus=1)
-        ds = ds.map_batches(
-            TokenEncoder,
-            fn_constructor_kwargs={"cfg": model_cfg, "encoder": encoder, "out_dir": out_dir},
-            batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors or max(num_gpus, 1)),
-            num_gpus=1 if gpu else 0,
-            num_cpus=1 if gpu else 0.5,
-        )
-        try:
+    with ledger:
+        sources = {s.video_id: s for s in list_videos(cfg.scenes)}
+        todo = ledger.plan(sources)
+        print(f"[precompute_tokens] {len(sources)} videos, {len(sources) - len(todo)} already done, "
+              f"encoding {len(todo)} with {encoder.name} -> {out_dir}", flush=True)  # fmt: skip
+        shard_bytes: dict[str, int] = {}
+        if todo:
+            gpu = connect(ray_options)
+            num_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
+            ds = ray.data.from_items([asdict(sources[k]) for k in todo], override_num_blocks=len(todo))
+            ds = ds.map_batches(decode_videos, fn_kwargs={"num_frames": model_cfg.num_frames}, batch_size=1, num_cpus=1)
+            ds = ds.map_batches(
+                TokenEncoder,
+                fn_constructor_kwargs={"cfg": model_cfg, "encoder": encoder, "out_dir": out_dir},
+                batch_size=cfg.batch_size,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors or max(num_gpus, 1)),
+                num_gpus=1 if gpu else 0,
+                num_cpus=1 if gpu else 0.5,
+            )
             for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = zip(records["video_id"], records["video"], records["error"], records["shard"],
                            records["shard_bytes"], strict=True)  # fmt: skip
@@ -81,12 +81,10 @@ def precompute_tokens(cfg: PrecomputeConfig, ray_options: RayOptions) -> RunSumm
                     else:
                         ledger.record({"video_id": str(video_id), "shard": str(shard)})
                         shard_bytes[str(shard)] = int(nbytes)
-        finally:  # what was written stays listed even if the run stops early
-            ledger.flush()
-    written = sum(shard_bytes.values())
-    done = len(ledger.rows) - (len(sources) - len(todo))
-    per_video = f"{written / max(done, 1) / 2**20:.2f}"
-    return ledger.close(shards=len(shard_bytes), bytes=written, **{"MiB per video": per_video})
+        written = sum(shard_bytes.values())
+        done = len(ledger.rows) - (len(sources) - len(todo))
+        per_video = f"{written / max(done, 1) / 2**20:.2f}"
+        return ledger.close(shards=len(shard_bytes), bytes=written, **{"MiB per video": per_video})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from serve_apps.args import Vlm3rArgs
 from vlm3r_core import inference
-from vlm3r_core.prompting import build_user_message
+from vlm3r_core.inference import Question, VideoContext, generation_inputs
 from vlm3r_core.video import VideoTooLongError, read_video
 from vlm3r_core.vlm import FramePixels, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
@@ -46,22 +46,9 @@ LANGUAGE_PARTS = ("fusion", "projector", "image_newline", "language_model")
 # What travels between deployments
 
 
-@dataclass(frozen=True)
-class EncodedVideo:
-    """A video's encoder outputs and the timing the prompt needs.
-
-    Attributes:
-        content_hash: SHA-256 hex digest of the video bytes (the cache key).
-        features: encoder outputs for one video on CPU: vision_features (1, T, P, Cv),
-            camera_tokens (1, T, 1, C), patch_tokens (1, T, N, C), frame_mask (1, T).
-        timestamps: (T,) seconds of the sampled frames.
-        duration_s: length of the video in seconds.
-    """
-
-    content_hash: str
-    features: VideoFeatures
-    timestamps: tuple[float, ...]
-    duration_s: float
+# A video's encoder outputs, frame times and length: ``vlm3r_core.inference.VideoContext``,
+# features (1, T, ...) on the CPU. The GeometryEncoder returns it, the LanguageModel takes it.
+EncodedVideo = VideoContext
 
 
 @dataclass(frozen=True)
@@ -198,7 +185,6 @@ class GeometryEncoder:
         )  # (1, T, 3, S, S)
         features = await self._encode_batch(pixels)
         encoded = EncodedVideo(
-            content_hash=key,
             features=features,
             timestamps=tuple(float(t) for t in decoded.timestamps),
             duration_s=float(decoded.duration_s),
@@ -221,17 +207,9 @@ class GeometryEncoder:
             cut3r=torch.cat([p.cut3r for p in pixels]),  # (B, T, 3, G, G)
             frame_mask=torch.cat([p.frame_mask for p in pixels]),  # (B, T)
         )
-        feats = self.model.encode_frames(batch)
+        feats = self.model.encode_frames(batch).to("cpu")
         # Copies, not views: a pickled view would carry (and the cache would keep) the whole batch.
-        return [
-            VideoFeatures(
-                vision_features=feats.vision_features[b : b + 1].to("cpu", copy=True),  # (1, T, P, Cv)
-                camera_tokens=feats.camera_tokens[b : b + 1].to("cpu", copy=True),  # (1, T, 1, C)
-                patch_tokens=feats.patch_tokens[b : b + 1].to("cpu", copy=True),  # (1, T, N, C)
-                frame_mask=feats.frame_mask[b : b + 1].to("cpu", copy=True),  # (1, T)
-            )
-            for b in range(len(pixels))
-        ]
+        return [feats.video(b) for b in range(len(pixels))]  # B x (1, T, ...)
 
     async def stats(self) -> EncoderStats:
         self._stats.cache_entries = len(self.cache)
@@ -307,27 +285,15 @@ class LanguageModel:
     ) -> AsyncIterator[list]:
         """Generates for concurrent requests together; yields, per step, one output per request
         (``StopIteration`` once a request is done)."""
-        messages = [
-            build_user_message(
-                req.question,
-                req.options,
-                timestamps=video.timestamps,
-                duration_s=video.duration_s,
-                config=self.prompt_config,
-            )
-            for req, video in items
-        ]
-        text = self.processor.build_batch(messages)
-        per_frame = self.model.config.tokens_per_frame
-        rows = [  # prompt tokens as the LLM sees them: the placeholder becomes the video's tokens
-            _RowState(req.max_new_tokens, int(n) - 1 + int(video.features.frame_mask.sum()) * per_frame)
-            for (req, video), n in zip(items, text.attention_mask.sum(1).tolist(), strict=True)
-        ]
+        inputs = generation_inputs(
+            self.model, self.processor, [Question(req.question, req.options) for req, _ in items], [v for _, v in items]
+        )
+        rows = [_RowState(req.max_new_tokens, n) for (req, _), n in zip(items, inputs.prompt_tokens, strict=True)]
         loop, queue, errors = asyncio.get_running_loop(), asyncio.Queue(), []
         max_new_tokens = max(r.max_new_tokens for r in rows)
         worker = threading.Thread(
             target=self._run_generate,
-            args=(items, text, max_new_tokens, _StepStreamer(loop, queue), errors),
+            args=(inputs, max_new_tokens, _StepStreamer(loop, queue), errors),
             daemon=True,
         )
         worker.start()
@@ -338,25 +304,10 @@ class LanguageModel:
             raise errors[0]
         yield [self._finish(row) for row in rows]
 
-    def _run_generate(self, items, text, max_new_tokens: int, streamer: _StepStreamer, errors: list) -> None:
-        """Runs ``model.generate`` in a worker thread; each step goes to ``streamer``, a failure to ``errors``."""
+    def _run_generate(self, inputs, max_new_tokens: int, streamer: _StepStreamer, errors: list) -> None:
+        """Runs ``inference.generate`` in a worker thread; each step goes to ``streamer``, a failure to ``errors``."""
         try:
-            feats = [video.features for _, video in items]
-            features = VideoFeatures(  # the model moves them to its device and dtype
-                vision_features=torch.cat([f.vision_features for f in feats]),  # (B, T, P, Cv)
-                camera_tokens=torch.cat([f.camera_tokens for f in feats]),  # (B, T, 1, C)
-                patch_tokens=torch.cat([f.patch_tokens for f in feats]),  # (B, T, N, C)
-                frame_mask=torch.cat([f.frame_mask for f in feats]),  # (B, T)
-            )
-            with torch.inference_mode():
-                self.model.generate(
-                    input_ids=text.input_ids.to(self.model.device),
-                    attention_mask=text.attention_mask.to(self.model.device),
-                    features=features,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    streamer=streamer,
-                )
+            inference.generate(self.model, inputs, max_new_tokens, streamer=streamer)
         except Exception as e:  # raised again on the event loop, for every request of the batch
             errors.append(e)
             streamer.end()

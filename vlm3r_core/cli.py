@@ -150,7 +150,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, path: tuple[str, ...
             kwargs["nargs"] = f.metadata["nargs"]
         if "const" in f.metadata:
             kwargs.update(nargs="?", const=f.metadata["const"])
-        kwargs["type"] = _converter(kind, flag)
+        kwargs["type"] = _converter(kind)
         if required:
             kwargs["required"] = True
         else:
@@ -160,14 +160,14 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, path: tuple[str, ...
         parser.add_argument(flag, **kwargs)
 
 
-def _converter(kind: Callable[[str], Any], flag: str) -> Callable[[str], Any]:
+def _converter(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
             return kind(text)
         except (TypeError, ValueError) as e:
             name = getattr(kind, "__name__", "value")
             reason = f": {e}" if kind not in (int, float) else ""
-            raise argparse.ArgumentTypeError(f"{flag}: invalid {name} value {text!r}{reason}") from None
+            raise argparse.ArgumentTypeError(f"invalid {name} value {text!r}{reason}") from None
 
     convert.__name__ = getattr(kind, "__name__", "value")
     return convert

@@ -1,4 +1,4 @@
-"""Benchmark rows in, scored predictions and reports out (VSI-Bench / VSTI-Bench).
+"""Benchmark rows in, scored predictions and reports out (VSI-Bench / VSTI-Bench): the evaluation run.
 
 Reads our generated benchmark files and the official released ones (parquet, JSON or JSON lines
 with the official field names: VSI-Bench rows carry no video path, their video is
@@ -9,18 +9,27 @@ outputs with :mod:`vlm3r_core.metrics` and writes, under the output URI:
   parsed answer, official and lenient score);
 - ``summary.json`` and ``summary.md``: per task and overall, official and lenient, per benchmark;
 - ``plots/<task>.png``: per task, predicted against true letters (multiple choice) or predicted
-  against true values (numeric), and ``plots/overview_<benchmark>.png`` with a bar per task.
+  against true values (numeric), and ``plots/overview_<benchmark>.png`` with a bar per task;
+- ``answers.jsonl`` and ``errors.jsonl``: the run ledger (:mod:`vlm3r_core.ledger`): every answer
+  as it arrives (``id``, ``video_id``, ``prediction``, ``model``), and the questions that could
+  not be answered with the reason. A re-run with the same ``out`` and ``model`` answers only the
+  rest; a finished run re-run only scores again.
+
+:func:`run_evaluation` is the whole run; the answering itself is a function it is given (the job
+runs :class:`vlm3r_core.inference.AnswerQuestions` on a Ray Data actor pool; tests call it
+directly).
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from vlm3r_core import storage
+from vlm3r_core.ledger import RunLedger, RunSummary
 from vlm3r_core.metrics import (
     BenchmarkSummary,
     ScoredRow,
@@ -33,6 +42,82 @@ from vlm3r_core.metrics import (
     summarize,
     summary_markdown,
 )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """An evaluation run.
+
+    Args:
+        model: ``save_pretrained`` folder/URI (``jobs/train.py`` output), or a preset name (``tiny``
+            = the untrained model).
+        benchmark: benchmark rows: a parquet file or folder, JSON or JSONL.
+        out: output folder URI (predictions, summary, plots, the run ledger).
+        tokens: token shard set URI (precomputed features); default: decode and encode the raw videos.
+        videos_root: where ``{dataset}/{scene_name}.mp4`` lives for official benchmark files.
+        split: keep only rows of this split.
+        num_actors: answering actors.
+        batch_size: questions per model call.
+        max_new_tokens: answer length limit.
+        limit: evaluate only the first N questions.
+        baseline: ``summary.json`` of another run, shown beside this one.
+        title: the run's name in the report (default: the model).
+    """
+
+    model: str
+    benchmark: str
+    out: str
+    tokens: str | None = None
+    videos_root: str | None = None
+    split: str | None = None
+    num_actors: int = 1
+    batch_size: int = 8
+    max_new_tokens: int = 16
+    limit: int | None = None
+    baseline: str | None = None
+    title: str = ""
+
+    def __post_init__(self):
+        for name in ("num_actors", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+
+AnswerFn = Callable[[Sequence["BenchmarkRow"]], Iterable[dict]]
+"""Answers rows; yields ``{"id", "video_id", "prediction", "error"}`` per row as they are answered."""
+
+
+def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[str, BenchmarkSummary]]:
+    """Reads the rows, answers those not answered yet (recorded as they come), scores, reports.
+
+    Raises:
+        ValueError: no benchmark rows (or a malformed one: the message names it).
+    """
+    rows = read_benchmark(cfg.benchmark, cfg.videos_root, cfg.split)[: cfg.limit]
+    if not rows:
+        raise ValueError(f"no benchmark rows in {cfg.benchmark}")
+    with RunLedger("evaluate", cfg.out, "id", manifest_file="answers.jsonl", accept=lambda r: r.get("model") == cfg.model) as ledger:
+        by_id = {r.id: r for r in rows}
+        todo = ledger.plan(by_id)
+        if todo and len(todo) < len(rows):
+            print(f"[evaluate] resuming: {len(rows) - len(todo)} questions answered by an earlier run, {len(todo)} to go",
+                  flush=True)  # fmt: skip
+        if todo:
+            for a in answer([by_id[i] for i in todo]):
+                if a["error"] is not None:
+                    ledger.fail(a["id"], a["error"], video_id=a["video_id"])
+                else:
+                    ledger.record({"id": a["id"], "video_id": a["video_id"], "prediction": a["prediction"], "model": cfg.model})
+        answered = {i: ledger.rows[i]["prediction"] for i in by_id if i in ledger.rows}
+        records = score_predictions(rows, answered)
+        baseline = read_summary(cfg.baseline) if cfg.baseline else None
+        title = cfg.title or cfg.model
+        summaries = write_report(cfg.out, records, title, baseline)
+        print(summary_markdown(summaries, title, baseline), flush=True)
+        scores = {f"{name} official": f"{s.overall_official:.1f}" for name, s in summaries.items()}
+        return ledger.close(**scores), summaries
 
 
 @dataclass(frozen=True)
@@ -141,14 +226,6 @@ def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> 
 
 def summarize_records(records: Sequence[dict]) -> dict[str, BenchmarkSummary]:
     return summarize(ScoredRow(r["question_type"], r["score_official"], r["score_lenient"]) for r in records)
-
-
-def evaluate(rows: Sequence[BenchmarkRow], predict: Callable[[Sequence[BenchmarkRow]], list[str]]) -> list[dict]:
-    """Runs ``predict`` on all rows in one call and scores the outputs (for small, local runs)."""
-    outputs = predict(rows)
-    if len(outputs) != len(rows):
-        raise ValueError(f"predict returned {len(outputs)} outputs for {len(rows)} rows")
-    return score_predictions(rows, {row.id: out for row, out in zip(rows, outputs, strict=True)})
 
 
 def _png(fig) -> bytes:

@@ -1,11 +1,21 @@
-"""Answering questions about videos with a VLM-3R model, for batch evaluation.
+"""Answering questions about videos with a VLM-3R model: the one generation path.
 
-:class:`AnswerQuestions` is a Ray Data stage written as a plain callable class (testable without
-Ray): the constructor loads the model once, each call answers a batch of benchmark rows. Video
-features come from precomputed token shards when a shard set is given, else the stage decodes
-the videos and runs the frozen encoders itself. Prompts come from the one prompt builder with the
-model's own :class:`~vlm3r_core.prompting.PromptConfig` and frame count, so evaluation sees
-exactly what training saw.
+- :func:`load_model`: a preset name (seeded random weights) or a saved model folder.
+- :class:`VideoContext`: what a prompt needs from one video (its encoder features, the times of
+  the sampled frames, its length), from token shards (:func:`contexts_from_tokens`) or from the
+  raw video (:func:`context_from_video`, through the model's one encoder path ``encode_frames``).
+- :func:`generation_inputs`: questions + their videos -> the chat text batch, the padded video
+  features and the prompt length as the LLM sees it, with the prompt built by the one prompt
+  builder (:func:`vlm3r_core.prompting.build_user_message`) and the model's own ``PromptConfig``.
+  Batch evaluation (:class:`AnswerQuestions`) and the serving ``LanguageModel`` both call it, so
+  an answer does not depend on where the question was asked.
+- :class:`AnswerQuestions`: a Ray Data stage written as a plain callable class (testable without
+  Ray): the constructor loads the model once, each call answers a batch of benchmark rows; a row
+  that cannot be answered (unreadable video, missing token row, a prompt that does not fit)
+  fails alone with its reason, the rest of its batch is answered.
+
+Shapes: ``B`` questions, ``T`` frames, ``P`` SigLIP tokens, ``N`` CUT3R patches, ``Cv``/``C``
+widths, ``L`` text tokens.
 """
 
 from __future__ import annotations
@@ -16,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vlm3r_core.ledger import error_reason
 from vlm3r_core.presets import PRESETS, get_preset
 from vlm3r_core.prompting import build_user_message
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
-from vlm3r_core.vlm import COMPONENTS, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm import COMPONENTS, TextBatch, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
 def load_model(
@@ -45,21 +56,122 @@ def load_model(
 
 
 @dataclass(frozen=True)
-class _Video:
-    """What a prompt needs from one video: its features and the times of the sampled frames."""
+class VideoContext:
+    """What a prompt needs from one video.
 
-    vision_features: np.ndarray | torch.Tensor  # (T, P, Cv)
-    camera_tokens: np.ndarray | torch.Tensor  # (T, 1, C)
-    patch_tokens: np.ndarray | torch.Tensor  # (T, N, C)
-    timestamps: Sequence[float]
+    Attributes:
+        features: the video's encoder outputs, (1, T, ...) (``vision_features`` required).
+        timestamps: (T,) seconds of the sampled frames.
+        duration_s: length of the video in seconds.
+    """
+
+    features: VideoFeatures
+    timestamps: tuple[float, ...]
     duration_s: float
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question: its text and lettered options (``"A. chair"``; empty for numeric answers)."""
+
+    question: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationInputs:
+    """Model inputs for a batch of questions.
+
+    Attributes:
+        text: the chat text, right-padded (``input_ids`` (B, L), ``attention_mask`` (B, L)).
+        features: the videos' features padded over frames, (B, T, ...), with ``frame_mask``.
+        prompt_tokens: per question, the prompt length the LLM sees (the ``<image>`` placeholder
+            replaced by the video's tokens).
+    """
+
+    text: TextBatch
+    features: VideoFeatures
+    prompt_tokens: list[int]
+
+
+def generation_inputs(
+    model: Vlm3rForConditionalGeneration,
+    processor: Vlm3rProcessor,
+    questions: Sequence[Question],
+    videos: Sequence[VideoContext],
+) -> GenerationInputs:
+    """Builds the prompts (the model's ``PromptConfig``, the videos' frame times) and batches them.
+
+    Raises:
+        ValueError: a video without SigLIP features, or a prompt the model cannot take (its
+            message names the question).
+    """
+    if len(questions) != len(videos) or not questions:
+        raise ValueError(f"generation_inputs needs as many videos as questions (>= 1), got {len(questions)}, {len(videos)}")
+    config = model.config
+    messages = [
+        build_user_message(q.question, q.options, timestamps=v.timestamps, duration_s=v.duration_s, config=config.prompt)
+        for q, v in zip(questions, videos, strict=True)
+    ]
+    for v in videos:
+        if v.features.vision_features is None:
+            raise ValueError("the video has no SigLIP features (token shards precomputed without --with-vision-features)")
+    frames = [int(v.features.frame_mask[0].sum()) for v in videos]
+    features = VideoFeatures.from_videos(  # (B, T, ...) padded over frames
+        [v.features.vision_features[0, :t] for v, t in zip(videos, frames, strict=True)],
+        [v.features.camera_tokens[0, :t] for v, t in zip(videos, frames, strict=True)],
+        [v.features.patch_tokens[0, :t] for v, t in zip(videos, frames, strict=True)],
+        dtype=config.torch_dtype,
+    )
+    text = processor.build_batch(messages)
+    per_frame = config.tokens_per_frame
+    prompt_tokens = [int(n) - 1 + t * per_frame for n, t in zip(text.attention_mask.sum(1).tolist(), frames, strict=True)]
+    return GenerationInputs(text=text, features=features, prompt_tokens=prompt_tokens)
+
+
+@torch.inference_mode()
+def generate(
+    model: Vlm3rForConditionalGeneration, inputs: GenerationInputs, max_new_tokens: int, streamer=None
+) -> torch.Tensor:
+    """Greedy decoding of a batch (as in the official evaluation); returns (B, L_new) new ids."""
+    device = model.device
+    return model.generate(
+        input_ids=inputs.text.input_ids.to(device),
+        attention_mask=inputs.text.attention_mask.to(device),
+        features=inputs.features.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        streamer=streamer,
+    )
+
+
+def context_from_video(
+    model: Vlm3rForConditionalGeneration, processor: Vlm3rProcessor, source: str | bytes
+) -> VideoContext:
+    """Decodes a video (the one frame sampler) and encodes it (the one encoder path)."""
+    video = read_video(source, num_samples=model.config.num_frames)
+    with torch.inference_mode():
+        feats = model.encode_frames(processor.preprocess_frames([video.frames]))
+    return VideoContext(feats.to("cpu"), tuple(float(t) for t in video.timestamps), float(video.duration_s))
+
+
+def contexts_from_tokens(tokens_uri: str, video_ids: Sequence[str]) -> dict[str, VideoContext]:
+    """The contexts of the videos found in a token shard set (absent ids are left out)."""
+    out = {}
+    for vt in iter_video_tokens(read_token_table(tokens_uri, video_ids=list(video_ids))):
+        if vt.vision_features is None:
+            raise ValueError(f"{tokens_uri}: shards hold no vision_features (precompute with --with-vision-features)")
+        features = VideoFeatures.from_videos([vt.vision_features], [vt.camera_tokens], [vt.patch_tokens])
+        out[vt.video_id] = VideoContext(features, tuple(vt.timestamps.tolist()), float(vt.duration_s))
+    return out
 
 
 class AnswerQuestions:
     """Answers a batch of benchmark rows (columns of :class:`vlm3r_core.evaluation.BenchmarkRow`).
 
     Returns columns ``id``, ``video_id``, ``prediction`` (raw model output or None) and ``error``
-    (None, or why the row could not be answered: unreadable video, no token row, ...).
+    (None, or why the row could not be answered: unreadable video, no token row, a prompt the
+    model cannot take, ...). A failure of one row never fails the others of its batch.
     """
 
     def __init__(self, model: str, tokens: str | None = None, device: str = "cpu", max_new_tokens: int = 16):
@@ -68,75 +180,42 @@ class AnswerQuestions:
         self.tokens = tokens
         self.max_new_tokens = max_new_tokens
 
-    def _videos_from_tokens(self, video_ids: list[str]) -> dict[str, _Video]:
-        table = read_token_table(self.tokens, video_ids=video_ids)
-        out = {}
-        for vt in iter_video_tokens(table):
-            if vt.vision_features is None:
-                raise ValueError(f"{self.tokens}: shards hold no vision_features (precompute with --with-vision-features)")
-            out[vt.video_id] = _Video(vt.vision_features, vt.camera_tokens, vt.patch_tokens, vt.timestamps.tolist(), vt.duration_s)
-        return out
-
-    def _video_from_file(self, uri: str) -> _Video:
-        video = read_video(uri, num_samples=self.model.config.num_frames)
-        feats = self.model.encode_frames(self.processor.preprocess_frames([video.frames]))
-        return _Video(
-            feats.vision_features[0].cpu(),
-            feats.camera_tokens[0].cpu(),
-            feats.patch_tokens[0].cpu(),
-            video.timestamps.tolist(),
-            video.duration_s,
-        )
-
-    def _load_videos(self, rows: list[dict]) -> tuple[dict[str, _Video], dict[str, str]]:
-        """Features per video id, and the reason for every video that failed."""
+    def _load_videos(self, rows: list[dict]) -> tuple[dict[str, VideoContext], dict[str, str]]:
+        """Contexts per video id, and the reason for every video that failed."""
         ids = sorted({r["video_id"] for r in rows})
-        errors: dict[str, str] = {}
         if self.tokens:
-            videos = self._videos_from_tokens(ids)
-            errors = {i: f"no token row for {i} in {self.tokens}" for i in ids if i not in videos}
-            return videos, errors
-        videos = {}
+            videos = contexts_from_tokens(self.tokens, ids)
+            return videos, {i: f"no token row for {i} in {self.tokens}" for i in ids if i not in videos}
+        videos, errors = {}, {}
         uri_of = {r["video_id"]: r["video"] for r in rows}
         for video_id in ids:
             try:
-                videos[video_id] = self._video_from_file(uri_of[video_id])
+                videos[video_id] = context_from_video(self.model, self.processor, uri_of[video_id])
             except (OSError, ValueError) as e:  # VideoDecodeError is a ValueError
-                errors[video_id] = f"{type(e).__name__}: {e}"
+                errors[video_id] = error_reason(e)
         return videos, errors
+
+    def _answer(self, rows: list[dict], videos: dict[str, VideoContext]) -> list[str]:
+        questions = [Question(r["question"], tuple(r["options"])) for r in rows]
+        inputs = generation_inputs(self.model, self.processor, questions, [videos[r["video_id"]] for r in rows])
+        return self.processor.batch_decode(generate(self.model, inputs, self.max_new_tokens))
 
     def answer(self, rows: list[dict]) -> list[tuple[str | None, str | None]]:
         """(prediction, error) per row; rows are dicts with BenchmarkRow fields and ``video_id``."""
         videos, errors = self._load_videos(rows)
         ok = [r for r in rows if r["video_id"] in videos]
-        predictions: dict[str, str] = {}
+        results: dict[str, tuple[str | None, str | None]] = {}
         if ok:
-            cfg = self.model.config
-            messages = [
-                build_user_message(
-                    r["question"],
-                    r["options"],
-                    timestamps=videos[r["video_id"]].timestamps,
-                    duration_s=videos[r["video_id"]].duration_s,
-                    config=cfg.prompt,
-                )
-                for r in ok
-            ]
-            features = VideoFeatures.from_videos(
-                [videos[r["video_id"]].vision_features for r in ok],
-                [videos[r["video_id"]].camera_tokens for r in ok],
-                [videos[r["video_id"]].patch_tokens for r in ok],
-                dtype=cfg.torch_dtype,
-            ).to(self.device)
-            text = self.processor.build_batch(messages)
-            ids = self.model.generate(
-                input_ids=text.input_ids.to(self.device),
-                attention_mask=text.attention_mask.to(self.device),
-                features=features,
-                max_new_tokens=self.max_new_tokens,
-            )
-            predictions = dict(zip((r["id"] for r in ok), self.processor.batch_decode(ids), strict=True))
-        return [(predictions.get(r["id"]), errors.get(r["video_id"])) for r in rows]
+            try:
+                answers = self._answer(ok, videos)
+                results = {r["id"]: (a, None) for r, a in zip(ok, answers, strict=True)}
+            except (ValueError, RuntimeError):  # one bad row: answer the rows one by one, it fails alone
+                for r in ok:
+                    try:
+                        results[r["id"]] = (self._answer([r], videos)[0], None)
+                    except (ValueError, RuntimeError) as e:
+                        results[r["id"]] = (None, error_reason(e))
+        return [results.get(r["id"], (None, errors.get(r["video_id"]))) for r in rows]
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list]:
         n = len(batch["id"])

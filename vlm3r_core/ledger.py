@@ -11,7 +11,8 @@ an output folder as two JSON-lines files:
 - ``errors.jsonl``: one row per item that failed *in the last run*, ``{<key>: ..., "error":
   "<Type>: <reason>", ...}``; an empty file after a run where nothing failed.
 
-A re-run skips the items of the manifest (:meth:`RunLedger.is_done`) and tries the failed ones
+Use it as a context manager (``with RunLedger(...) as ledger:``): a run stopped by an exception
+or an interrupt still writes what it recorded. A re-run skips the items of the manifest (:meth:`RunLedger.is_done`) and tries the failed ones
 again. :meth:`RunLedger.close` returns a :class:`RunSummary`, whose :attr:`~RunSummary.exit_code`
 depends only on the state of the output: 1 when items failed and none of the input is done
 (nothing usable was produced), else 0. A first run and a re-run over the same state give the same
@@ -130,6 +131,15 @@ class RunLedger:
         self._dirty = False
         self._last_flush = time.monotonic()
         self._write_error = ""
+        self._closed = False
+
+    def __enter__(self) -> RunLedger:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """A run stopped by an exception (Ctrl-C, SIGTERM, a bug) still records what it did."""
+        if exc_type is not None and not self._closed:
+            self.close()
 
     # --- planning -----------------------------------------------------------------------------
 
@@ -176,6 +186,7 @@ class RunLedger:
 
     def close(self, **details) -> RunSummary:
         """Writes the manifest and this run's errors, and returns the run's summary."""
+        self._closed = True
         self.flush()
         if not self._write_error:
             try:

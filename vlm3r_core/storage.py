@@ -10,17 +10,23 @@ JSON, JSON lines and parquet. Writes are atomic per file:
   upload), which is the same guarantee.
 
 ``s3://`` honours ``AWS_ENDPOINT_URL`` (MinIO, moto, Ceph, ...) and the usual AWS credential chain.
+
+Failures of the storage backend itself (an unreachable endpoint, a denied request) surface as
+:class:`StorageError`, an ``OSError`` whose message names the URI, so every job reports them in
+one line instead of a traceback from the S3 client.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -28,6 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = [
+    "StorageError",
     "absolute",
     "exists",
     "filesystem",
@@ -41,12 +48,49 @@ __all__ = [
     "read_parquet",
     "read_text",
     "remove",
+    "translate_errors",
     "write_bytes",
     "write_json",
     "write_jsonl",
     "write_parquet",
     "write_text",
 ]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StorageError(OSError):
+    """The storage backend failed for a URI (unreachable endpoint, denied or throttled request)."""
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 client installed: only local and fsspec errors, already OSError
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+_BACKEND_ERRORS = _backend_errors()
+
+
+@contextlib.contextmanager
+def translate_errors(uri: str) -> Iterator[None]:
+    """Turns an error of the S3 client into a :class:`StorageError` naming ``uri``."""
+    try:
+        yield
+    except _BACKEND_ERRORS as e:
+        raise StorageError(f"{uri}: {type(e).__name__}: {e}") from e
+
+
+def _storage_call(fn: F) -> F:
+    @functools.wraps(fn)
+    def call(uri: str, *args, **kwargs):
+        with translate_errors(uri):
+            return fn(uri, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 def _s3_options() -> dict[str, Any]:
@@ -99,11 +143,13 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+@_storage_call
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
 
 
+@_storage_call
 def remove(uri: str) -> None:
     """Removes a file or a folder tree; missing targets are ignored."""
     fs, path = filesystem(uri)
@@ -111,6 +157,7 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+@_storage_call
 def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
     """Lists files under a folder URI (sorted), returned as URIs of the same form as ``uri``.
 
@@ -126,6 +173,7 @@ def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
     return sorted(join(uri, posixpath.relpath(p, root)) for p in paths)
 
 
+@_storage_call
 def list_file_versions(uri: str, suffix: str = "") -> dict[str, str]:
     """Like ``list_files(uri, suffix)``, with a version string per file that changes when the file
     is rewritten: the S3 ETag (content hash of a single-part upload), else size and modification
@@ -145,6 +193,7 @@ def list_file_versions(uri: str, suffix: str = "") -> dict[str, str]:
     return dict(sorted(versions.items()))
 
 
+@_storage_call
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     try:
@@ -154,6 +203,7 @@ def read_bytes(uri: str) -> bytes:
         raise FileNotFoundError(f"{uri}: no such file") from e
 
 
+@_storage_call
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes a whole file atomically (temp name + rename locally; one completed upload on S3)."""
     fs, path = filesystem(uri)
@@ -207,6 +257,7 @@ def write_jsonl(uri: str, rows: Iterable[dict]) -> None:
     write_text(uri, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+@_storage_call
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Reads one parquet file, or every ``*.parquet`` file under a folder, into one table."""
     fs, path = pyarrow_filesystem(uri)

@@ -121,7 +121,7 @@ def probe_video(source: str | bytes, name: str | None = None) -> VideoProbe:
     try:
         if isinstance(source, str) and storage.is_remote(source):
             fs, path = storage.filesystem(source)
-            with fs.open(path, "rb") as f, av.open(f, mode="r") as container:
+            with storage.translate_errors(source), fs.open(path, "rb") as f, av.open(f, mode="r") as container:
                 return _probe(container, name)
         with _open(source, name) as container:
             return _probe(container, name)

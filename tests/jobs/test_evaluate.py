@@ -47,24 +47,29 @@ def test_evaluates_raw_videos_and_records_failed_videos(ray_local, tmp_path, vid
     assert all(isinstance(p["prediction"], str) for p in predictions[:2])
     assert predictions[2]["prediction"] is None and predictions[2]["score_official"] == 0.0
     errors = storage.read_jsonl(out + "/errors.jsonl")
-    assert [e["id"] for e in errors] == ["q2"] and "gone.mp4" in errors[0]["reason"]
+    assert [e["id"] for e in errors] == ["q2"] and "gone.mp4" in errors[0]["error"]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["num_questions"] == 3 and "vsibench" in summary["benchmarks"]
     assert (tmp_path / "eval" / "plots" / "overview_vsibench.png").stat().st_size > 1000
 
 
-def test_an_interrupted_run_resumes_with_the_answers_it_saved(ray_local, tmp_path, video):
+def test_an_interrupted_run_resumes_with_the_answers_it_saved(ray_local, tmp_path, video, capsys):
     out = str(tmp_path / "eval")
     # What an interrupted run left: q0 answered (kept), q1 answered by another model (ignored).
-    storage.write_jsonl(out + "/_answers.partial.jsonl", [
-        {"id": "q0", "video_id": "synthetic/syn-0", "prediction": "2", "error": None, "model": "tiny"},
-        {"id": "q1", "video_id": "synthetic/syn-0", "prediction": "A", "error": None, "model": "other"},
+    storage.write_jsonl(out + "/answers.jsonl", [
+        {"id": "q0", "video_id": "synthetic/syn-0", "prediction": "2", "model": "tiny"},
+        {"id": "q1", "video_id": "synthetic/syn-0", "prediction": "A", "model": "other"},
     ])
-    assert main(["--model", "tiny", "--benchmark", _benchmark(tmp_path, _rows(video)), "--out", out]) == 0
+    argv = ["--model", "tiny", "--benchmark", _benchmark(tmp_path, _rows(video)), "--out", out]
+    assert main(argv) == 0
     predictions = {p["id"]: p for p in storage.read_jsonl(out + "/predictions.jsonl")}
     assert predictions["q0"]["prediction"] == "2" and predictions["q0"]["score_official"] == 1.0
     assert predictions["q1"]["prediction"] == AnswerQuestions("tiny").answer([dict(_rows(video)[1], video_id="synthetic/syn-0")])[0][0]
-    assert not storage.exists(out + "/_answers.partial.jsonl")
+    assert [a["id"] for a in storage.read_jsonl(out + "/answers.jsonl")] == ["q0", "q1"]  # q2's video is gone
+    capsys.readouterr()
+    # Re-run on the same state: nothing is answered again, the same verdict.
+    assert main(argv) == 0
+    assert "[evaluate] 0 done, 2 already done, 1 failed of 3" in capsys.readouterr().out
 
 
 def test_token_shards_give_the_same_answers_as_raw_video(tmp_path, video):
@@ -92,3 +97,13 @@ def test_token_shards_give_the_same_answers_as_raw_video(tmp_path, video):
     from_tokens = AnswerQuestions("tiny", tokens=shards).answer(rows)
     assert [p for p, _ in from_tokens[:2]] == [p for p, _ in from_video[:2]]
     assert from_tokens[2] == (None, f"no token row for synthetic/gone in {shards}")
+
+
+def test_a_question_the_model_cannot_take_fails_alone_in_its_batch(video):
+    answerer = AnswerQuestions("tiny")
+    rows = [dict(r, video_id=f"{r['dataset']}/{r['scene_name']}") for r in _rows(video)[:2]]
+    alone = answerer.answer(rows)
+    poisoned = dict(rows[0], id="long", question="How many chairs? " * 4000)  # past the tiny model's context
+    results = answerer.answer([rows[0], poisoned, rows[1]])
+    assert results[0] == alone[0] and results[2] == alone[1]
+    assert results[1][0] is None and "ValueError" in results[1][1]

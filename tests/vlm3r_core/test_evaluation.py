@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from vlm3r_core import storage
-from vlm3r_core.evaluation import evaluate, read_benchmark, read_summary, write_report
+from vlm3r_core.evaluation import read_benchmark, read_summary, score_predictions, write_report
 
 ROWS = [
     {"id": 0, "dataset": "scannet", "scene_name": "scene0001_00", "question_type": "object_counting",
@@ -43,7 +43,7 @@ def test_missing_fields_name_the_row(tmp_path):
 def test_echoing_the_ground_truth_scores_100_and_a_known_wrong_answer_scores_as_official(tmp_path):
     storage.write_jsonl(str(tmp_path / "b.jsonl"), ROWS)
     rows = read_benchmark(str(tmp_path / "b.jsonl"))
-    perfect = evaluate(rows, lambda rs: [r.ground_truth for r in rs])
+    perfect = score_predictions(rows, {r.id: r.ground_truth for r in rows})
     summary = write_report(str(tmp_path / "perfect"), perfect, title="echo")
     assert summary["vsibench"].overall_official == 100.0
     assert all(t[0] == 100.0 for t in summary["vsibench"].tasks.values())
@@ -51,7 +51,7 @@ def test_echoing_the_ground_truth_scores_100_and_a_known_wrong_answer_scores_as_
     # distance 2.4 for 2.0: relative error 0.2 -> thresholds 0.50..0.80 pass -> 0.7;
     # "The answer is C" scores 0 officially (first token "The") but 1 leniently.
     wrong = {"0": "3", "1": "2.4 meters", "2": "B.", "3": "The answer is C"}
-    records = evaluate(rows, lambda rs: [wrong[r.id] for r in rs])
+    records = score_predictions(rows, {r.id: wrong[r.id] for r in rows})
     by_id = {r["id"]: r for r in records}
     assert by_id["0"]["score_official"] == pytest.approx(0.6)  # |3-4|/4 = 0.25 -> 6 of 10
     assert by_id["1"]["score_official"] == pytest.approx(0.7)
