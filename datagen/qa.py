@@ -74,7 +74,7 @@ SCENE_ROW_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
     ]
 )
-# Benchmark rows (DESIGN.md "QA rows").
+# Benchmark rows: the VSI-Bench field names plus what training and scoring need (README "Data layout").
 BENCHMARK_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

@@ -1,4 +1,4 @@
-"""The scene contract of DESIGN.md as typed, validated dataclasses.
+"""The scene contract (README "The scene contract") as typed, validated dataclasses.
 
 A scene lives at ``<root>/scenes/<dataset>/<scene_id>/scene.json`` with its video beside it.
 Every reader (ScanNet, ScanNet++, ARKitScenes) and the synthetic world produce exactly this.

@@ -11,7 +11,7 @@ Decoding uses PyAV. Shapes: ``T`` sampled frames, ``H`` x ``W`` pixels, RGB uint
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import av
@@ -176,6 +176,35 @@ def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frame
         except av.error.FFmpegError as e:
             raise VideoDecodeError(f"{name}: decoding failed after {count} frames ({e})") from e
     return kept, count, fps
+
+
+def iter_frames(source: str | bytes, indices: Iterable[int], name: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decodes a video once and yields ``(index, frame)`` for the wanted frame numbers (decode
+    order, 0-based), in increasing order; frames are (H, W, 3) uint8 RGB, one in memory at a time.
+
+    Raises:
+        VideoDecodeError: unreadable video, or it ends before the last wanted frame.
+    """
+    name = name or (source if isinstance(source, str) else "<video bytes>")
+    wanted = sorted(set(int(i) for i in indices))
+    if not wanted:
+        return
+    if isinstance(source, str) and storage.is_remote(source):
+        source = storage.read_bytes(source)
+    position = 0
+    with _open(source, name) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{name}: no video stream")
+        try:
+            for number, frame in enumerate(container.decode(container.streams.video[0])):
+                if number == wanted[position]:
+                    yield number, frame.to_ndarray(format="rgb24")
+                    position += 1
+                    if position == len(wanted):
+                        return
+        except av.error.FFmpegError as e:
+            raise VideoDecodeError(f"{name}: cannot decode video ({e})") from e
+    raise VideoDecodeError(f"{name}: video ended before frame {wanted[-1]} ({len(wanted) - position} wanted frames missing)")
 
 
 def read_video(

@@ -37,22 +37,12 @@ from collections import Counter
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from datagen.readers.common import (
-    ReadResult,
-    SourceFormatError,
-    SourceFrame,
-    VisibilityRenderer,
-    box_from_obb,
-    build_result,
-    image_size,
-    logger,
-    read_json_object,
-    read_ply_mesh,
-    require,
-    room_from_mesh,
-    triangle_labels_from_boxes,
-    video_fps,
-)
+from datagen.readers.boxes import box_from_obb, room_from_mesh
+from datagen.readers.common import ReadResult, SourceFormatError, logger
+from datagen.readers.files import image_size, read_json_object, require
+from datagen.readers.frames import SourceFrame, build_result, video_fps
+from datagen.readers.instances import VisibilityRenderer, triangle_labels_from_boxes
+from datagen.readers.ply import read_ply_mesh
 from vlm3r_core import storage
 from vlm3r_core.scene import Intrinsics, SceneObject
 

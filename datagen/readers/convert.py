@@ -27,7 +27,8 @@ from typing import Literal
 
 from datagen.readers import arkitscenes, scannet, scannetpp
 from datagen.readers.arkitscenes import read_sky_directions
-from datagen.readers.common import VIDEO_FILE, ReadResult, SourceFormatError, iter_video_frames
+from datagen.readers.common import ReadResult, SourceFormatError
+from datagen.readers.frames import VIDEO_FILE, iter_video_frames
 from vlm3r_core import storage
 from vlm3r_core.scene import SPLITS, scene_dir, verify_video, write_scene
 from vlm3r_core.video import write_video_stream

@@ -41,26 +41,19 @@ from collections import Counter
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datagen.readers.common import (
-    STRUCTURE_LABELS,
-    ReadResult,
-    SourceFormatError,
-    SourceFrame,
-    VisibilityRenderer,
+from datagen.readers.boxes import box_from_points, room_from_mesh
+from datagen.readers.common import STRUCTURE_LABELS, ReadResult, SourceFormatError, logger
+from datagen.readers.files import (
     as_array,
-    box_from_points,
-    build_result,
-    even_size,
     image_size,
     list_numbered_files,
-    logger,
     read_json_object,
     read_matrix_txt,
-    read_ply_mesh,
     require,
-    room_from_mesh,
-    triangle_labels_from_vertices,
 )
+from datagen.readers.frames import SourceFrame, build_result, even_size
+from datagen.readers.instances import VisibilityRenderer, triangle_labels_from_vertices
+from datagen.readers.ply import read_ply_mesh
 from datagen.visibility import BACKGROUND, visibility_from_mask
 from vlm3r_core import storage
 from vlm3r_core.scene import Intrinsics, SceneObject

@@ -23,26 +23,12 @@ from collections import Counter
 
 import numpy as np
 
-from datagen.readers.common import (
-    STRUCTURE_LABELS,
-    ReadResult,
-    SourceFormatError,
-    SourceFrame,
-    VisibilityRenderer,
-    as_array,
-    box_from_obb,
-    build_result,
-    image_size,
-    list_numbered_files,
-    logger,
-    read_json_object,
-    read_ply_mesh,
-    require,
-    room_from_mesh,
-    triangle_labels_from_vertices,
-    video_fps,
-    video_size,
-)
+from datagen.readers.boxes import box_from_obb, room_from_mesh
+from datagen.readers.common import STRUCTURE_LABELS, ReadResult, SourceFormatError, logger
+from datagen.readers.files import as_array, image_size, list_numbered_files, read_json_object, require
+from datagen.readers.frames import SourceFrame, build_result, video_fps, video_size
+from datagen.readers.instances import VisibilityRenderer, triangle_labels_from_vertices
+from datagen.readers.ply import read_ply_mesh
 from vlm3r_core import storage
 from vlm3r_core.scene import Intrinsics, SceneObject
 

@@ -23,7 +23,7 @@ def test_reference_layout_matches_the_released_block():
         "cross_attention.in_proj_weight", "cross_attention.in_proj_bias", "cross_attention.out_proj.weight",
         "cross_attention.out_proj.bias", "out_proj.weight", "out_proj.bias", "out_norm.weight", "out_norm.bias",
     }  # fmt: skip
-    assert sum(p.numel() for p in block.parameters()) == 9_747_456  # research 1.4: about 9.75 M
+    assert sum(p.numel() for p in block.parameters()) == 9_747_456  # the released fusion block: about 9.75 M (width 1152, 18 heads)
 
 
 def test_reference_computes_the_published_formula():

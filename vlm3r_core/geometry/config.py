@@ -108,7 +108,7 @@ class Cut3rConfig:
 
 
 # Sizes from the constructor strings stored in the released checkpoints (`args.model`), see
-# https://github.com/CUT3R/CUT3R (README model table) and shared/research/cut3r-reference.md §0.
+# https://github.com/CUT3R/CUT3R (README model table; the constructor string is read from each .pth).
 CUT3R_PRESETS: dict[str, Cut3rConfig] = {
     "cut3r-512-dpt": Cut3rConfig(),
     "cut3r-224-linear": Cut3rConfig(head_type="linear"),

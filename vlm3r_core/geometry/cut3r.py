@@ -1,7 +1,8 @@
 """CUT3R: a recurrent, metric 3D reconstruction model whose per-frame tokens VLM-3R consumes.
 
 Our implementation of "Continuous 3D Perception Model with Persistent State" (CVPR 2025), loading
-the released checkpoints (see `checkpoint.py`). Facts and shapes: shared/research/cut3r-reference.md.
+the released checkpoints (see `checkpoint.py`), module names and shapes as in the official
+CUT3R repository (github.com/CUT3R/CUT3R, `src/dust3r/model.py`).
 
 Legend: B videos (batch), T frames, (H, W) image size (multiples of 16), h = H/16, w = W/16,
 N = h*w patch tokens (729 = 27x27 at 432x432), S state tokens (768), C_enc encoder width (1024),

@@ -157,7 +157,7 @@ def _count(config) -> int:
 
 
 def test_released_parameter_counts_match_the_reference():
-    """Figures from the official model (shared/research/cut3r-reference.md §3.2): 793,307,858 in
+    """Figures counted on the official model built from the released constructor: 793,307,858 in
     all, of which the ray-map branch (26,769,408) and masked_img_token (1,024) are not ours."""
     unused = 26_769_408 + 1_024
     assert _count(get_cut3r_config("cut3r-512-dpt", enable_point_heads=True)) == 793_307_858 - unused
