@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rows_total += len(rows)
         types.update({r["question_type"] for r in rows})
     total = sum(per_scene)
-    all_types = {qt for t in TASKS.values() for qt in t.question_types}
+    all_types = {qt for name in QAConfig().tasks for qt in TASKS[name].question_types}
     print(f"QA generation, {args.scenes} scenes x {args.objects} objects x {args.frames} frames, 1 core:")
     print(f"  {rows_total / total:.0f} QA pairs/s, {args.scenes / total:.2f} scenes/s per core")
     print(f"  per scene: mean {np.mean(per_scene):.3f} s, max {max(per_scene):.3f} s")

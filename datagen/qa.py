@@ -5,16 +5,21 @@ Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on t
 1. :func:`process_scene`: one scene -> its rows *before* letters are assigned, cached as
    ``<out>/qa/_per_scene/<config fingerprint>/<dataset>/<scene>-<scene.json version>.parquet``. Every task draws from its
    own generator seeded with ``blake2b(seed, dataset, scene, task)``, so a scene's rows depend on
-   nothing but the scene and the configuration. A scene that fails is reported with its reason
-   and leaves no cache file; re-running skips the scenes already cached (resume), and generates a
-   scene again when its ``scene.json`` was rewritten.
+   nothing but the scene and the configuration. With ``templates="diverse"`` the wording of each
+   question is drawn from a second generator of the task, seeded with
+   ``blake2b(seed, dataset, scene, task, "templates")``: the same questions and answers as
+   ``"official"``, worded by the official template or one of its paraphrases, whose id each row
+   records (``template``, ``"<question_type>/<k>"``, 0 = official). A scene that fails is
+   reported with its reason and leaves no cache file; re-running skips the scenes already cached
+   (resume), and generates a scene again when its ``scene.json`` was rewritten.
 2. :func:`assign_letters`: all rows sorted by id; multiple-choice answers are put on the letter
    used least so far for their question type (ties and the order of the other options drawn from a
    generator seeded by ``(seed, row id)``), so letters are balanced over the whole run and the
    result is the same for any number of workers.
 3. :func:`write_outputs`: benchmark rows (VSI-Bench fields plus ``mc_answer``, ``frame_indices``,
-   ``video``, ``split``, ``seed``, ``generator_version``; route questions add the planner that drew
-   them to it, ``vlm3r-qa-1+builtin`` or ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split,
+   ``video``, ``split``, ``seed``, ``generator_version``, ``template``; route questions add the
+   planner that drew them to ``generator_version``, ``vlm3r-qa-1+builtin`` or
+   ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split,
    LLaVA training conversations per split (built by :mod:`vlm3r_core.prompting`), a manifest with
    counts per question type and split and the question vocabulary (``vocabulary``, and
    ``vocabulary_names``: per dataset, raw label -> name asked, or null for every label as it is),
@@ -37,14 +42,15 @@ import posixpath
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
 from datagen.routing import RoutePlannerChoice, resolve_route_planner
 from datagen.scene_graph import SceneGraph
-from datagen.tasks import TASKS
-from datagen.tasks.common import fill_choices
+from datagen.tasks import TASK_SETS, TASKS, expand_task_names
+from datagen.tasks.common import OFFICIAL_TEMPLATES, TemplatePicker, fill_choices
 from datagen.vocabulary import VOCABULARIES, VocabularyChoice, vocabulary_tables
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
@@ -53,6 +59,8 @@ from vlm3r_core.video import DEFAULT_NUM_FRAMES
 
 GENERATOR_VERSION = "vlm3r-qa-1"
 LETTERS = "ABCD"
+TemplateChoice = Literal["official", "diverse"]
+TEMPLATE_CHOICES: tuple[str, ...] = ("official", "diverse")
 
 # Rows of one scene before letters are assigned (the per-scene cache).
 SCENE_ROW_SCHEMA = pa.schema(
@@ -72,6 +80,7 @@ SCENE_ROW_SCHEMA = pa.schema(
         ("generator_version", pa.string()),
         ("timestamps", pa.list_(pa.float64())),
         ("duration_s", pa.float64()),
+        ("template", pa.string()),
     ]
 )
 # Benchmark rows: the VSI-Bench field names plus what training and scoring need (README "Data layout").
@@ -90,6 +99,7 @@ BENCHMARK_SCHEMA = pa.schema(
         ("split", pa.string()),
         ("seed", pa.int64()),
         ("generator_version", pa.string()),
+        ("template", pa.string()),
     ]
 )
 
@@ -99,7 +109,10 @@ class QAConfig:
     """What to generate.
 
     Attributes:
-        tasks: task names (keys of :data:`datagen.tasks.TASKS`), all by default.
+        tasks: task names (keys of :data:`datagen.tasks.TASKS`) and task-set names (keys of
+            :data:`datagen.tasks.TASK_SETS`: ``"official"``, the 13 VSI-Bench / VSTI-Bench families;
+            ``"extended"``, this project's families; ``"all"``), expanded when the config is made
+            into task names, each once, in the order given. Default: the official set.
         seed: run seed; every scene and task derives its own from it.
         caps: questions per scene and question type, per task name; tasks not named use their
             ``DEFAULT_CAP`` (or ``default_cap`` when set).
@@ -114,9 +127,14 @@ class QAConfig:
             benchmark's vocabulary per dataset with its merges (objects outside it stay as geometry
             but are never named or counted; synthetic scenes name every object), or ``"all"``,
             every raw label as it is.
+        templates: how questions are worded: ``"official"`` (default), every question by its
+            type's official template (the benchmark's text for VSI-/VSTI-Bench types: the rows
+            of earlier versions, plus the ``template`` column), or ``"diverse"``, each question by
+            its official template or one of its paraphrases, drawn per question from a generator
+            of its own (the questions and answers are those of ``"official"``).
     """
 
-    tasks: tuple[str, ...] = tuple(TASKS)
+    tasks: tuple[str, ...] = TASK_SETS["official"]
     seed: int = 0
     caps: Mapping[str, int] = field(default_factory=dict, metadata={"cli": False})
     default_cap: int | None = field(default=None, metadata={"cli": False})
@@ -124,11 +142,15 @@ class QAConfig:
     prompt: PromptConfig = field(default=PromptConfig(), metadata={"cli": False})
     route_planner: RoutePlannerChoice = "auto"
     vocabulary: VocabularyChoice = "vsibench"
+    templates: TemplateChoice = "official"
 
     def __post_init__(self):
-        unknown = [t for t in (*self.tasks, *self.caps) if t not in TASKS]
+        if isinstance(self.tasks, str):
+            raise ValueError(f"tasks must be a sequence of names, got the string {self.tasks!r}")
+        object.__setattr__(self, "tasks", expand_task_names(self.tasks))
+        unknown = [t for t in self.caps if t not in TASKS]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {list(TASKS)}")
+            raise ValueError(f"caps for unknown task(s) {unknown}; known: {list(TASKS)}")
         if not self.tasks:
             raise ValueError("no tasks selected")
         if any(c < 0 for c in self.caps.values()) or (self.default_cap is not None and self.default_cap < 0):
@@ -137,6 +159,8 @@ class QAConfig:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
         if self.vocabulary not in VOCABULARIES:
             raise ValueError(f"vocabulary must be one of {list(VOCABULARIES)}, got {self.vocabulary!r}")
+        if self.templates not in TEMPLATE_CHOICES:
+            raise ValueError(f"templates must be one of {list(TEMPLATE_CHOICES)}, got {self.templates!r}")
         object.__setattr__(self, "route_planner", resolve_route_planner(self.route_planner))
 
     def cap(self, task: str) -> int:
@@ -146,7 +170,20 @@ class QAConfig:
 
     def generator_version(self, task: str) -> str:
         """``GENERATOR_VERSION``; for route questions with ``+<planner>`` (``vlm3r-qa-1+habitat``)."""
-        return f"{GENERATOR_VERSION}+{self.route_planner}" if task == "route_planning" else GENERATOR_VERSION
+        return (
+            f"{GENERATOR_VERSION}+{self.route_planner}"
+            if TASKS[task].uses_route_planner
+            else GENERATOR_VERSION
+        )
+
+    def template_picker(self, dataset: str, scene_id: str, task: str) -> TemplatePicker:
+        """How one task words the questions of one scene: the official templates, or (``"diverse"``)
+        a draw per question from a generator seeded with ``(seed, dataset, scene, task, "templates")``."""
+        if self.templates == "official":
+            return OFFICIAL_TEMPLATES
+        return TemplatePicker(
+            np.random.default_rng(derive_seed(self.seed, dataset, scene_id, task, "templates"))
+        )
 
     def fingerprint(self) -> str:
         """Short hash of everything that changes the per-scene rows (names the cache folder)."""
@@ -160,6 +197,7 @@ class QAConfig:
                 self.route_planner,
                 self.vocabulary,
                 vocabulary_tables(self.vocabulary),
+                self.templates,
             ]
         )
         return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
@@ -233,9 +271,10 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
     rows = []
     for task in config.tasks:
         rng = np.random.default_rng(derive_seed(config.seed, scene.dataset, scene.scene_id, task))
-        options = {"planner": config.route_planner} if task == "route_planning" else {}
+        templates = config.template_picker(scene.dataset, scene.scene_id, task)
+        options = {"planner": config.route_planner} if TASKS[task].uses_route_planner else {}
         numbers: Counter[str] = Counter()
-        for item in TASKS[task].generate(graph, rng, config.cap(task), **options):
+        for item in TASKS[task].generate(graph, rng, config.cap(task), templates=templates, **options):
             n = numbers[item.question_type]
             numbers[item.question_type] += 1
             rows.append(
@@ -255,6 +294,7 @@ def generate_scene_rows(scene: Scene, video_uri: str, config: QAConfig) -> list[
                     "generator_version": config.generator_version(task),
                     "timestamps": timestamps,
                     "duration_s": duration,
+                    "template": item.template,
                 }
             )
     return sorted(rows, key=lambda r: r["id"])
@@ -358,6 +398,7 @@ def assign_letters(rows: Iterable[dict], seed: int) -> list[dict]:
                 "split": row["split"],
                 "seed": row["seed"],
                 "generator_version": row["generator_version"],
+                "template": row["template"],
             }
         )
     return out
@@ -441,6 +482,7 @@ def write_outputs(
             "route_planner": config.route_planner,
             "vocabulary": config.vocabulary,
             "vocabulary_names": vocabulary_tables(config.vocabulary),
+            "templates": config.templates,
             "config_fingerprint": config.fingerprint(),
             "num_scenes": len(scenes),
             "num_failed": len(failures),

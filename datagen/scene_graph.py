@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from datagen.vocabulary import VocabularyChoice, question_vocabulary
-from vlm3r_core.scene import Intrinsics, Scene
+from vlm3r_core.scene import Intrinsics, Scene, Visibility
 from vlm3r_core.video import DEFAULT_NUM_FRAMES, sample_frame_indices
 
 _CORNER_SIGNS = np.array(
@@ -86,6 +87,8 @@ class FrameNode:
         timestamp: ``index / fps`` seconds (the time line of the prompt uses the same value).
         cam_to_world: (4, 4) camera-to-world pose.
         visible: ids of the named instances visible in the frame, sorted.
+        visibility: id -> 2D box (pixels of the video frame) and visible pixel count, for the
+            instances in ``visible``.
     """
 
     rank: int
@@ -94,6 +97,7 @@ class FrameNode:
     cam_to_world: np.ndarray
     intrinsics: Intrinsics
     visible: tuple[int, ...]
+    visibility: Mapping[int, Visibility] = field(default_factory=dict)
 
     @property
     def camera_center(self) -> np.ndarray:
@@ -136,9 +140,17 @@ class SceneGraph:
             f = by_index.get(index)
             if f is None:
                 continue
-            visible = tuple(sorted({v.instance_id for v in f.visible if v.instance_id in self.instances}))
+            visibility = {v.instance_id: v for v in f.visible if v.instance_id in self.instances}
             self.frames.append(
-                FrameNode(rank, index, index / scene.video.fps, f.cam_to_world, f.intrinsics, visible)
+                FrameNode(
+                    rank,
+                    index,
+                    index / scene.video.fps,
+                    f.cam_to_world,
+                    f.intrinsics,
+                    tuple(sorted(visibility)),
+                    visibility,
+                )
             )
         self.category_counts: Counter[str] = Counter(n.category for n in self.instances.values())
         self._box_distance_cache: dict[tuple[int, int], float] = {}

@@ -221,7 +221,7 @@ def parse(argv: Sequence[str] | None, *classes: type, prog: str | None = None, d
     for cls in classes:
         try:
             out.append(_build(cls, values, (cls.__name__,), None))
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, ImportError) as e:  # ImportError: an optional backend asked for is missing
             raise UsageError(_name_flags(str(e), [f for f in flags if f.path[0] == cls.__name__])) from None
     return tuple(out)
 

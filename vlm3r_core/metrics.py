@@ -13,6 +13,12 @@ Official rules (thinking-in-space ``lmms_eval/tasks/vsibench/utils.py`` and the 
 - VSTI-Bench aggregation: mean per ``question_type`` and overall = mean over every type present
   (sub-types such as ``_v1/_v2/_v3`` are not merged), x 100.
 
+The question types of this project's extended task families (``datagen.tasks`` set
+``"extended"``: depth order, object-to-camera direction, perspective taking, size comparison,
+multi-view correspondence, one-turn routes) are scored by the same rules (all multiple choice) and
+aggregated as VSTI-Bench is, under their own benchmark ``"vlm3r-ext"``, so the VSI-Bench and
+VSTI-Bench figures never include them.
+
 The lenient parser also reads ``"B) chair"``, ``"(B)"``, ``"The answer is B"``, the full option
 text, and numbers with units (``"150 cm"`` for a question asked in metres). It is always reported
 in its own column and never changes the official score.
@@ -41,6 +47,23 @@ NUMERIC_QUESTION_UNITS = {
 }
 REL_DIRECTION_LEVELS = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 VSTI_PREFIXES = ("camera_", "obj_obj_relative_pos")
+EXTENDED_BENCHMARK = "vlm3r-ext"
+EXTENDED_QUESTION_TYPES = frozenset(
+    {
+        "object_depth_order",
+        "object_depth_order_v2",
+        "object_camera_direction",
+        "object_camera_clock",
+        "perspective_taking_lr",
+        "perspective_taking_fb",
+        "object_height_comparison",
+        "object_volume_comparison",
+        "object_length_comparison",
+        "multiview_correspondence",
+        "route_planning_one_turn",
+    }
+)
+BENCHMARKS = ("vsibench", "vstibench", EXTENDED_BENCHMARK)
 
 
 def is_numeric_question(question_type: str) -> bool:
@@ -48,7 +71,10 @@ def is_numeric_question(question_type: str) -> bool:
 
 
 def benchmark_of(question_type: str) -> str:
-    """``"vstibench"`` for camera and object-object position questions, else ``"vsibench"``."""
+    """``"vlm3r-ext"`` for the extended families' question types, ``"vstibench"`` for camera and
+    object-object position questions, else ``"vsibench"``."""
+    if question_type in EXTENDED_QUESTION_TYPES:
+        return EXTENDED_BENCHMARK
     return "vstibench" if question_type.startswith(VSTI_PREFIXES) else "vsibench"
 
 
@@ -176,7 +202,7 @@ def summarize(rows: Iterable[ScoredRow]) -> dict[str, BenchmarkSummary]:
     for row in rows:
         by_type[row.question_type].append(row)
     out: dict[str, BenchmarkSummary] = {}
-    for benchmark in ("vsibench", "vstibench"):
+    for benchmark in BENCHMARKS:
         types = sorted(t for t in by_type if benchmark_of(t) == benchmark)
         if not types:
             continue

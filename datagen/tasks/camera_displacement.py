@@ -11,20 +11,48 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import QAItem, Template, format_number
+from datagen.tasks.common import (
+    OFFICIAL_TEMPLATES,
+    Paraphrases,
+    QAItem,
+    Template,
+    TemplatePicker,
+    format_number,
+)
 
 QUESTION_TYPE = "camera_displacement"
-TEMPLATE = Template(
-    "Approximately how far (in meters) did the camera move between {start_frame_description} and "
-    "{end_frame_description}?",
-    ["start_frame_description", "end_frame_description"],
-)
+_FIELDS = ["start_frame_description", "end_frame_description"]
+PARAPHRASES = {
+    QUESTION_TYPE: Paraphrases(
+        QUESTION_TYPE,
+        Template(
+            "Approximately how far (in meters) did the camera move between {start_frame_description} and "
+            "{end_frame_description}?",
+            _FIELDS,
+        ),
+        Template(
+            "What is the approximate straight-line distance (in meters) between the camera's position at "
+            "{start_frame_description} and its position at {end_frame_description}?",
+            _FIELDS,
+        ),
+        Template(
+            "Roughly how many meters apart are the camera's positions at {start_frame_description} and at "
+            "{end_frame_description}?",
+            _FIELDS,
+        ),
+    )
+}
 DEFAULT_CAP = 10
 MIN_RANK_GAP, MAX_RANK_GAP = 5, 30
 MIN_M, MAX_M = 0.2, 10.0
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     frames = graph.frames
     pairs = [
         (a, b)
@@ -44,7 +72,8 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
         gt = round(float(np.linalg.norm(frames[b].camera_center - frames[a].camera_center)), 1)
         if not MIN_M <= gt <= MAX_M:
             continue
-        question = TEMPLATE.format(
+        template_id, template = templates.choose(PARAPHRASES[QUESTION_TYPE])
+        question = template.format(
             start_frame_description=graph.frame_description(frames[a]),
             end_frame_description=graph.frame_description(frames[b]),
         )
@@ -54,6 +83,7 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
                 question,
                 answer=format_number(gt, 1),
                 frame_indices=(frames[a].index, frames[b].index),
+                template=template_id,
             )
         )
     return items

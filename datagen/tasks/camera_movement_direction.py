@@ -13,12 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import FrameNode, SceneGraph
-from datagen.tasks.common import CHOICE_FIELDS, QAItem, Template
+from datagen.tasks.common import OFFICIAL_TEMPLATES, QAItem, TemplatePicker, paraphrases_by_choice_count
 
 DIRECTIONS = ("Forward", "Backward", "Left", "Right")
-_TEXT = (
+_TEXTS = (  # official first; {choices} is the list of choice placeholders
     "During the sequence between {{start_frame_description}} and {{end_frame_description}}, what was the primary "
-    "consistent direction of the camera's movement relative to its orientation at the start? The options are {choices}."
+    "consistent direction of the camera's movement relative to its orientation at the start? The options are {choices}.",
+    "Relative to the way the camera was facing at {{start_frame_description}}, in which main direction did it move "
+    "between {{start_frame_description}} and {{end_frame_description}}? The options are {choices}.",
+    "Between {{start_frame_description}} and {{end_frame_description}}, which direction best describes the "
+    "camera's overall movement, relative to its orientation at the start? Choose from {choices}.",
 )
 _CHOICE_LISTS = {
     4: "{choice_a}, {choice_b}, {choice_c}, and {choice_d}",
@@ -30,13 +34,12 @@ VARIANTS = {  # question_type -> (number of choices, significance threshold tau 
     "camera_movement_direction_v2": (3, 0.5),
     "camera_movement_direction_v3": (2, 0.5),
 }
-TEMPLATES = {
-    qt: Template(
-        _TEXT.format(choices=_CHOICE_LISTS[n]),
-        ["start_frame_description", "end_frame_description", *CHOICE_FIELDS[:n]],
-    )
-    for qt, (n, _) in VARIANTS.items()
-}
+PARAPHRASES = paraphrases_by_choice_count(
+    _TEXTS,
+    {qt: n for qt, (n, _) in VARIANTS.items()},
+    ["start_frame_description", "end_frame_description"],
+    listing=_CHOICE_LISTS.get,
+)
 DEFAULT_CAP = 5
 
 
@@ -52,7 +55,12 @@ def movement_direction(start: FrameNode, end: FrameNode, tau: float) -> str | No
     return "Right" if dx > 0 else "Left"
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     frames = graph.frames
     pairs = [(a, b) for a in range(len(frames)) for b in range(a + 1, len(frames))]
     items = []
@@ -67,7 +75,8 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
                 continue
             others = [d for d in DIRECTIONS if d != answer]
             picked = [others[i] for i in sorted(rng.choice(len(others), size=n - 1, replace=False))]
-            question = TEMPLATES[question_type].format_keeping_choices(
+            template_id, template = templates.choose(PARAPHRASES[question_type])
+            question = template.format_keeping_choices(
                 start_frame_description=graph.frame_description(start),
                 end_frame_description=graph.frame_description(end),
             )
@@ -79,6 +88,7 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
                     choices=(answer, *picked),
                     frame_indices=(start.index, end.index),
                     choices_in_question=True,
+                    template=template_id,
                 )
             )
             kept += 1

@@ -12,26 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import CHOICE_FIELDS, QAItem, Template
+from datagen.tasks.common import OFFICIAL_TEMPLATES, QAItem, TemplatePicker, paraphrases_by_choice_count
 
-_TEXT = (
+_TEXTS = (  # official first; {choices} is the list of choice placeholders
     "Measuring from the closest point of each object, which of these objects ({choices}) is the closest to the "
-    "camera in {{frame_description}}?"
+    "camera in {{frame_description}}?",
+    "In {{frame_description}}, which of these objects ({choices}) is nearest to the camera, measuring to the "
+    "closest point of each object?",
+    "Which of these objects ({choices}) is closest to the camera in {{frame_description}}? Measure from the "
+    "closest point of each object.",
 )
 VARIANTS = {"camera_obj_rel_dist_v1": 4, "camera_obj_rel_dist_v2": 3, "camera_obj_rel_dist_v3": 2}
-TEMPLATES = {
-    qt: Template(
-        _TEXT.format(choices=", ".join("{" + f + "}" for f in CHOICE_FIELDS[:n])),
-        ["frame_description", *CHOICE_FIELDS[:n]],
-    )
-    for qt, n in VARIANTS.items()
-}
+PARAPHRASES = paraphrases_by_choice_count(_TEXTS, VARIANTS, ["frame_description"])
 DEFAULT_CAP = 20
 MIN_CAMERA_M = 0.5
 MIN_SEPARATION_M = 0.15
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     items = []
     for question_type, n in VARIANTS.items():
         kept = 0
@@ -56,17 +59,16 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
                     accepted.append(others[j])
             if len(accepted) < n:
                 continue
-            question = TEMPLATES[question_type].format_keeping_choices(
-                frame_description=graph.frame_description(frame)
-            )
+            template_id, template = templates.choose(PARAPHRASES[question_type])
             items.append(
                 QAItem(
                     question_type,
-                    question,
+                    template.format_keeping_choices(frame_description=graph.frame_description(frame)),
                     answer=answer,
                     choices=tuple(accepted),
                     frame_indices=(frame.index,),
                     choices_in_question=True,
+                    template=template_id,
                 )
             )
             kept += 1

@@ -6,18 +6,27 @@ later, once, for the whole run (:func:`datagen.qa.assign_letters`), so that the 
 balanced globally. Questions that list their choices in the text (relative distance, camera
 movement direction) keep ``{choice_a}``... placeholders until the letters are known, so the order
 in the question always matches the option letters.
+
+Wording: every question type has :class:`Paraphrases`, its official template first (the benchmark's
+text for the VSI-/VSTI-Bench types) and paraphrases with the same placeholders and the same
+meaning after it. A task words each question with the template a :class:`TemplatePicker` chooses:
+the official one (``OFFICIAL_TEMPLATES``, the default, which draws nothing) or one drawn from the
+picker's own generator (``QAConfig(templates="diverse")``); the item records the template's id,
+``"<question_type>/<k>"`` (``k = 0`` is the official template).
 """
 
 from __future__ import annotations
 
 import math
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
 import numpy as np
+
+from datagen.scene_graph import SceneGraph
 
 CHOICE_FIELDS = ("choice_a", "choice_b", "choice_c", "choice_d")
 
@@ -60,6 +69,87 @@ class Template:
         return self.text.format(**escaped, **kept)
 
 
+class Paraphrases:
+    """The templates of one question type: ``templates[0]`` is the official one, the rest paraphrase it.
+
+    Every template has the same placeholders as the official one (checked here), so a task fills
+    any of them with the same values.
+
+    Args:
+        question_type: the question type the templates word.
+        official: the official template.
+        paraphrases: other wordings with the same meaning.
+    """
+
+    def __init__(self, question_type: str, official: Template, *paraphrases: Template):
+        for t in paraphrases:
+            if set(t.fields) != set(official.fields):
+                raise ValueError(
+                    f"{question_type}: paraphrase {t.text[:60]!r}... has fields {sorted(t.fields)}, "
+                    f"the official template {sorted(official.fields)}"
+                )
+        self.question_type = question_type
+        self.templates = (official, *paraphrases)
+
+    @property
+    def official(self) -> Template:
+        return self.templates[0]
+
+    def template_id(self, k: int) -> str:
+        """``"<question_type>/<k>"``, the id recorded with a question worded by ``templates[k]``."""
+        return f"{self.question_type}/{k}"
+
+
+class TemplatePicker:
+    """Which template words each question: the official one, or a paraphrase drawn at random.
+
+    Args:
+        rng: None for the official template every time (draws nothing); else the generator the
+            template numbers are drawn from, uniformly over the question type's templates. It is
+            separate from the task's generator, so the choice of wording never changes which
+            questions a task asks.
+    """
+
+    def __init__(self, rng: np.random.Generator | None = None):
+        self.rng = rng
+
+    def choose(self, paraphrases: Paraphrases) -> tuple[str, Template]:
+        """The template id and the template for one question."""
+        k = 0 if self.rng is None else int(self.rng.integers(len(paraphrases.templates)))
+        return paraphrases.template_id(k), paraphrases.templates[k]
+
+
+OFFICIAL_TEMPLATES = TemplatePicker()
+
+
+def choice_list(n: int) -> str:
+    """``"{choice_a}, {choice_b}, ..."``: the first ``n`` choice placeholders, comma-separated."""
+    return ", ".join("{" + f + "}" for f in CHOICE_FIELDS[:n])
+
+
+def paraphrases_by_choice_count(
+    texts: Sequence[str],
+    choice_counts: Mapping[str, int],
+    fields: Sequence[str],
+    listing: Callable[[int], str] = choice_list,
+) -> dict[str, Paraphrases]:
+    """Paraphrases of question types that differ only in how many choices the question lists.
+
+    Args:
+        texts: the wordings, official first; each has one ``{choices}`` slot and its other
+            placeholders doubled (``{{category}}``).
+        choice_counts: question type -> number of choices n.
+        fields: the placeholders besides the choices.
+        listing: n -> the text of the first n choice placeholders put in ``{choices}``.
+    """
+    return {
+        qt: Paraphrases(
+            qt, *(Template(text.format(choices=listing(n)), [*fields, *CHOICE_FIELDS[:n]]) for text in texts)
+        )
+        for qt, n in choice_counts.items()
+    }
+
+
 def fill_choices(question: str, ordered_choices: Sequence[str]) -> str:
     """Replaces the ``{choice_a}``... placeholders kept by :meth:`Template.format_keeping_choices`."""
     return question.format(**dict(zip(CHOICE_FIELDS, ordered_choices, strict=False)))
@@ -78,6 +168,7 @@ class QAItem:
         choices: multiple-choice options without letters (empty for numeric questions).
         frame_indices: video frame numbers the question refers to (empty when none).
         choices_in_question: the question lists the choices and must be filled in option order.
+        template: id of the template the question was worded with (:meth:`Paraphrases.template_id`).
     """
 
     question_type: str
@@ -86,6 +177,7 @@ class QAItem:
     choices: tuple[str, ...] = ()
     frame_indices: tuple[int, ...] = ()
     choices_in_question: bool = False
+    template: str = ""
 
     def __post_init__(self):
         if self.choices:
@@ -177,6 +269,16 @@ def shuffled_combinations(
             seen.add(pick)
             out.append(tuple(items[i] for i in pick))
     return out
+
+
+def spread_triples(
+    graph: SceneGraph, rng: np.random.Generator, min_m: float, max_m: float
+) -> Iterator[tuple[str, str, str]]:
+    """Triples of scene-unique categories, in random order (:func:`shuffled_combinations`), whose
+    pairwise closest-point distances all lie in ``[min_m, max_m]`` metres; lazily."""
+    for a, b, c in shuffled_combinations(graph.unique_categories(), 3, rng):
+        if all(min_m <= graph.category_distance(x, y) <= max_m for x, y in ((a, b), (a, c), (b, c))):
+            yield a, b, c
 
 
 def ccw_angle_deg(forward_xy: np.ndarray, target_xy: np.ndarray) -> np.ndarray:

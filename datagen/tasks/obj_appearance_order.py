@@ -13,20 +13,48 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import CHOICE_FIELDS, QAItem, Template, shuffled_combinations
+from datagen.tasks.common import (
+    CHOICE_FIELDS,
+    OFFICIAL_TEMPLATES,
+    Paraphrases,
+    QAItem,
+    Template,
+    TemplatePicker,
+    shuffled_combinations,
+)
 
 QUESTION_TYPE = "obj_appearance_order"
-TEMPLATE = Template(
-    "What will be the first-time appearance order of the following categories in the video: "
-    "{choice_a}, {choice_b}, {choice_c}, {choice_d}?",
-    CHOICE_FIELDS,
-)
+PARAPHRASES = {
+    QUESTION_TYPE: Paraphrases(
+        QUESTION_TYPE,
+        Template(
+            "What will be the first-time appearance order of the following categories in the video: "
+            "{choice_a}, {choice_b}, {choice_c}, {choice_d}?",
+            CHOICE_FIELDS,
+        ),
+        Template(
+            "In which order do the following categories first appear in the video: "
+            "{choice_a}, {choice_b}, {choice_c}, {choice_d}?",
+            CHOICE_FIELDS,
+        ),
+        Template(
+            "Order these categories by the time each is first seen in the video: "
+            "{choice_a}, {choice_b}, {choice_c}, {choice_d}.",
+            CHOICE_FIELDS,
+        ),
+    )
+}
 DEFAULT_CAP = 10
 MIN_GAP_S = 1.0
 NUM_CATEGORIES = 4
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     first = {c: frame.timestamp for c, frame in graph.first_appearances().items()}
     items = []
     for combo in shuffled_combinations(sorted(first), NUM_CATEGORIES, rng):
@@ -44,6 +72,11 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
             if candidate != answer and candidate not in distractors:
                 distractors.append(candidate)
         asked = [combo[i] for i in rng.permutation(NUM_CATEGORIES)]
-        question = TEMPLATE.format(**dict(zip(CHOICE_FIELDS, asked, strict=True)))
-        items.append(QAItem(QUESTION_TYPE, question, answer=answer, choices=(answer, *distractors)))
+        template_id, template = templates.choose(PARAPHRASES[QUESTION_TYPE])
+        question = template.format(**dict(zip(CHOICE_FIELDS, asked, strict=True)))
+        items.append(
+            QAItem(
+                QUESTION_TYPE, question, answer=answer, choices=(answer, *distractors), template=template_id
+            )
+        )
     return items

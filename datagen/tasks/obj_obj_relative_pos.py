@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import FrameNode, InstanceNode, SceneGraph
-from datagen.tasks.common import QAItem, Template
+from datagen.tasks.common import OFFICIAL_TEMPLATES, Paraphrases, QAItem, Template, TemplatePicker
 
 _FIELDS = ["frame_description", "obj_A_name", "obj_B_name"]
 VARIANTS = {  # question_type -> (camera axis, label when A is on the low side, label when on the high side)
@@ -24,18 +24,26 @@ VARIANTS = {  # question_type -> (camera axis, label when A is on the low side, 
     "obj_obj_relative_pos_lr": (0, "Left", "Right"),
     "obj_obj_relative_pos_ud": (1, "Up", "Down"),
 }
-TEMPLATES = {
-    "obj_obj_relative_pos_nf": Template(
+_TEXTS = {  # official first
+    "obj_obj_relative_pos_nf": (
         "In {frame_description}, relative to the camera, is {obj_A_name} [Near/Far] compared to {obj_B_name}?",
-        _FIELDS,
+        "In {frame_description}, compared to {obj_B_name}, is {obj_A_name} [Near/Far] relative to the camera?",
+        "Seen from the camera in {frame_description}, is {obj_A_name} nearer (Near) or farther (Far) than "
+        "{obj_B_name}?",
     ),
-    "obj_obj_relative_pos_lr": Template(
-        "In {frame_description}, relative to {obj_B_name}, is {obj_A_name} to the [Left/Right]?", _FIELDS
+    "obj_obj_relative_pos_lr": (
+        "In {frame_description}, relative to {obj_B_name}, is {obj_A_name} to the [Left/Right]?",
+        "In {frame_description}, is {obj_A_name} to the Left or to the Right of {obj_B_name}?",
+        "Seen from the camera in {frame_description}, does {obj_A_name} appear to the Left or to the Right of "
+        "{obj_B_name}?",
     ),
-    "obj_obj_relative_pos_ud": Template(
-        "In {frame_description}, relative to {obj_B_name}, is {obj_A_name} to the [Up/Down]?", _FIELDS
+    "obj_obj_relative_pos_ud": (
+        "In {frame_description}, relative to {obj_B_name}, is {obj_A_name} to the [Up/Down]?",
+        "In {frame_description}, is {obj_A_name} Up or Down relative to {obj_B_name}?",
+        "Seen from the camera in {frame_description}, is {obj_A_name} above (Up) or below (Down) {obj_B_name}?",
     ),
 }
+PARAPHRASES = {qt: Paraphrases(qt, *(Template(t, _FIELDS) for t in texts)) for qt, texts in _TEXTS.items()}
 DEFAULT_CAP = 20
 MARGIN_M = 0.15
 
@@ -52,7 +60,12 @@ def relative_position(question_type: str, frame: FrameNode, a: InstanceNode, b: 
     return None
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     candidates = []
     for frame in graph.frames:
         nodes = sorted(graph.frame_unique_instances(frame).values(), key=lambda n: n.category)
@@ -60,7 +73,7 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
             (frame, nodes[i], nodes[j]) for i in range(len(nodes)) for j in range(i + 1, len(nodes))
         ]
     items = []
-    for question_type, template in TEMPLATES.items():
+    for question_type, paraphrases in PARAPHRASES.items():
         _, low, high = VARIANTS[question_type]
         kept = 0
         for c in rng.permutation(len(candidates)):
@@ -72,12 +85,18 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
             answer = relative_position(question_type, frame, a, b)
             if answer is None:
                 continue
+            template_id, template = templates.choose(paraphrases)
             question = template.format(
                 frame_description=graph.frame_description(frame), obj_A_name=a.category, obj_B_name=b.category
             )
             items.append(
                 QAItem(
-                    question_type, question, answer=answer, choices=(low, high), frame_indices=(frame.index,)
+                    question_type,
+                    question,
+                    answer=answer,
+                    choices=(low, high),
+                    frame_indices=(frame.index,),
+                    template=template_id,
                 )
             )
             kept += 1

@@ -19,25 +19,76 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import QAItem, Template, ccw_angle_deg, shuffled_combinations
+from datagen.tasks.common import (
+    OFFICIAL_TEMPLATES,
+    Paraphrases,
+    QAItem,
+    Template,
+    TemplatePicker,
+    ccw_angle_deg,
+    spread_triples,
+)
 
 _ROLES = "If I am standing by the {positioning_object} and facing the {orienting_object}, is the {querying_object} "
 _FIELDS = ["positioning_object", "orienting_object", "querying_object"]
 HARD, MEDIUM, EASY = "object_rel_direction_hard", "object_rel_direction_medium", "object_rel_direction_easy"
-TEMPLATES = {
-    HARD: Template(
-        _ROLES
-        + "to my front-left, front-right, back-left, or back-right? The directions refer to the quadrants of "
-        "a Cartesian plane (if I am standing at the origin and facing along the positive y-axis).",
-        _FIELDS,
+_ROLES_2 = "I am standing by the {positioning_object}, facing the {orienting_object}. "
+PARAPHRASES = {
+    HARD: Paraphrases(
+        HARD,
+        Template(
+            _ROLES
+            + "to my front-left, front-right, back-left, or back-right? The directions refer to the quadrants of "
+            "a Cartesian plane (if I am standing at the origin and facing along the positive y-axis).",
+            _FIELDS,
+        ),
+        Template(
+            _ROLES_2 + "In which quadrant is the {querying_object}: front-left, front-right, back-left, or "
+            "back-right? The quadrants are those of a Cartesian plane with me at the origin, facing along the "
+            "positive y-axis.",
+            _FIELDS,
+        ),
+        Template(
+            "Imagine standing by the {positioning_object} and facing the {orienting_object}, at the origin of a "
+            "Cartesian plane and looking along its positive y-axis. Is the {querying_object} in the front-left, "
+            "front-right, back-left, or back-right quadrant?",
+            _FIELDS,
+        ),
     ),
-    MEDIUM: Template(
-        _ROLES
-        + "to my left, right, or back? An object is to my back if I would have to turn at least 135 degrees "
-        "in order to face it.",
-        _FIELDS,
+    MEDIUM: Paraphrases(
+        MEDIUM,
+        Template(
+            _ROLES
+            + "to my left, right, or back? An object is to my back if I would have to turn at least 135 degrees "
+            "in order to face it.",
+            _FIELDS,
+        ),
+        Template(
+            _ROLES_2
+            + "Is the {querying_object} to my left, to my right, or to my back? It is to my back if I "
+            "would need to turn by 135 degrees or more to face it.",
+            _FIELDS,
+        ),
+        Template(
+            "Imagine standing by the {positioning_object} and facing the {orienting_object}. Is the "
+            "{querying_object} on your left, on your right, or at your back (you would have to turn at least 135 "
+            "degrees to face it)?",
+            _FIELDS,
+        ),
     ),
-    EASY: Template(_ROLES + "to the left or the right of the {orienting_object}?", _FIELDS),
+    EASY: Paraphrases(
+        EASY,
+        Template(_ROLES + "to the left or the right of the {orienting_object}?", _FIELDS),
+        Template(
+            _ROLES_2 + "Is the {querying_object} to the left or to the right of the {orienting_object}?",
+            _FIELDS,
+        ),
+        Template(
+            "Imagine standing by the {positioning_object} and facing the {orienting_object}. Do you see the "
+            "{querying_object} to the left or to the right of the {orienting_object}?",
+            _FIELDS,
+        ),
+    ),
 }
 CHOICES = {
     HARD: ("front-left", "front-right", "back-left", "back-right"),
@@ -87,23 +138,34 @@ def classify(
     return label
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     items: list[QAItem] = []
-    kept = dict.fromkeys(TEMPLATES, 0)
-    for a, b, c in shuffled_combinations(graph.unique_categories(), 3, rng):
+    kept = dict.fromkeys(PARAPHRASES, 0)
+    for a, b, c in spread_triples(graph, rng, MIN_PAIR_M, MAX_PAIR_M):
         if all(n >= cap for n in kept.values()):
             break
-        pair_distances = [graph.category_distance(x, y) for x, y in ((a, b), (a, c), (b, c))]
-        if not all(MIN_PAIR_M <= d <= MAX_PAIR_M for d in pair_distances):
-            continue
         for roles in ((a, b, c), (a, c, b), (b, a, c)):
-            for question_type, template in TEMPLATES.items():
+            for question_type, paraphrases in PARAPHRASES.items():
                 if kept[question_type] >= cap:
                     continue
                 label = classify(graph, question_type, *roles)
                 if label is None:
                     continue
+                template_id, template = templates.choose(paraphrases)
                 question = template.format(**dict(zip(_FIELDS, roles, strict=True)))
-                items.append(QAItem(question_type, question, answer=label, choices=CHOICES[question_type]))
+                items.append(
+                    QAItem(
+                        question_type,
+                        question,
+                        answer=label,
+                        choices=CHOICES[question_type],
+                        template=template_id,
+                    )
+                )
                 kept[question_type] += 1
     return items

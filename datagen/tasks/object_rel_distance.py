@@ -16,24 +16,22 @@ from itertools import combinations
 import numpy as np
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import CHOICE_FIELDS, QAItem, Template
+from datagen.tasks.common import OFFICIAL_TEMPLATES, QAItem, TemplatePicker, paraphrases_by_choice_count
 
-_TEXT = (
+_TEXTS = (  # official first; {choices} is the list of choice placeholders
     "Measuring from the closest point of each object, which of these objects ({choices}) is the closest to the "
-    "{{category}}? If there are multiple instances of an object category, measure to the closest."
+    "{{category}}? If there are multiple instances of an object category, measure to the closest.",
+    "Which of these objects ({choices}) is nearest to the {{category}}, measuring between the closest points of "
+    "the objects? For a category with several instances, use the nearest one.",
+    "Of these objects ({choices}), which one is closest to the {{category}}? Measure from the closest point of "
+    "each object, and to the closest instance when a category has several.",
 )
 VARIANTS = {  # question_type -> number of choices
     "object_rel_distance": 4,
     "object_rel_distance_v2": 3,
     "object_rel_distance_v3": 2,
 }
-TEMPLATES = {
-    qt: Template(
-        _TEXT.format(choices=", ".join("{" + f + "}" for f in CHOICE_FIELDS[:n])),
-        ["category", *CHOICE_FIELDS[:n]],
-    )
-    for qt, n in VARIANTS.items()
-}
+PARAPHRASES = paraphrases_by_choice_count(_TEXTS, VARIANTS, ["category"])
 DEFAULT_CAP = 20
 MIN_NEAREST_M = 0.15
 LARGE_ROOM_M2 = 40.0
@@ -44,7 +42,12 @@ def ambiguity_margin(room_area_m2: float) -> float:
     return 0.30 if room_area_m2 > LARGE_ROOM_M2 else 0.15
 
 
-def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP) -> list[QAItem]:
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+) -> list[QAItem]:
     uniques = graph.unique_categories()
     categories = sorted(graph.category_counts)
     tau = ambiguity_margin(graph.scene.room.area_m2)
@@ -69,14 +72,15 @@ def generate(graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP
                 continue
             if any(abs(a - b) <= tau for a, b in combinations(distances, 2)):
                 continue
-            question = TEMPLATES[question_type].format_keeping_choices(category=primary)
+            template_id, template = templates.choose(PARAPHRASES[question_type])
             items.append(
                 QAItem(
                     question_type,
-                    question,
+                    template.format_keeping_choices(category=primary),
                     answer=picks[int(np.argmin(distances))],
                     choices=picks,
                     choices_in_question=True,
+                    template=template_id,
                 )
             )
             kept += 1

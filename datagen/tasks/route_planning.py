@@ -24,11 +24,15 @@ navmesh when ``habitat_sim`` imports (:mod:`datagen.routing.habitat`), else the 
 - Each turn point is named by its nearest scene-unique object (footprint distance at most 1 m, and
   0.2 m nearer than the runner-up; not S, not D, not the previous landmark).
 - 2 to 4 fill-ins, so there are always 4 distinct options: the answer and 3 other turn sequences
-  of the same length (Turn Back only where the robot re-orients).
+  of the same length (Turn Back only where the robot re-orients). One question per (S, D).
+
+Routes with a single fill-in, which this benchmark task never asks, are the extended family
+:mod:`datagen.tasks.route_planning_one_turn`; it shares :func:`plan_routes` and the templates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
 
@@ -38,15 +42,32 @@ from shapely.geometry import Point
 from datagen.routing import RoutePlanner, RoutePlannerChoice, make_route_planner
 from datagen.routing.builtin import path_length, signed_turn_deg, simplify_path
 from datagen.scene_graph import SceneGraph
-from datagen.tasks.common import QAItem, Template
+from datagen.tasks.common import OFFICIAL_TEMPLATES, Paraphrases, QAItem, Template, TemplatePicker
 
 QUESTION_TYPE = "route_planning"
-TEMPLATE = Template(
-    "You are a robot beginning at the {start_object} facing the {facing_object}. You want to navigate to the "
-    "{destination_object}. You will perform the following actions (Note: for each [please fill in], choose either "
-    "'turn back,' 'turn left,' or 'turn right.'): {actions}",
-    ["start_object", "facing_object", "destination_object", "actions"],
+_FIELDS = ["start_object", "facing_object", "destination_object", "actions"]
+# The wordings of a route question, official first (also used by route_planning_one_turn).
+ROUTE_TEMPLATES = (
+    Template(
+        "You are a robot beginning at the {start_object} facing the {facing_object}. You want to navigate to the "
+        "{destination_object}. You will perform the following actions (Note: for each [please fill in], choose "
+        "either 'turn back,' 'turn left,' or 'turn right.'): {actions}",
+        _FIELDS,
+    ),
+    Template(
+        "Imagine you are a robot that starts at the {start_object}, facing the {facing_object}, and has to reach "
+        "the {destination_object}. Your actions are listed below; replace each [please fill in] with 'turn back,' "
+        "'turn left,' or 'turn right.': {actions}",
+        _FIELDS,
+    ),
+    Template(
+        "A robot begins at the {start_object} facing the {facing_object} and navigates to the "
+        "{destination_object} with these actions (each [please fill in] is one of 'turn back,' 'turn left,' or "
+        "'turn right.'): {actions}",
+        _FIELDS,
+    ),
 )
+PARAPHRASES = {QUESTION_TYPE: Paraphrases(QUESTION_TYPE, *ROUTE_TEMPLATES)}
 FILL_IN = "[please fill in]"
 TURN_LEFT, TURN_RIGHT, TURN_BACK = "Turn Left", "Turn Right", "Turn Back"
 DEFAULT_CAP = 5
@@ -134,9 +155,16 @@ def plan_route(graph: SceneGraph, plan: RoutePlanner, start: str, destination: s
 
 
 def describe_route(
-    graph: SceneGraph, plan: RoutePlanner, start: str, facing: str, destination: str, path: np.ndarray
+    graph: SceneGraph,
+    plan: RoutePlanner,
+    start: str,
+    facing: str,
+    destination: str,
+    path: np.ndarray,
+    fill_ins: tuple[int, int] = (MIN_FILL_INS, MAX_FILL_INS),
 ) -> Route | None:
-    """Describes the planned path S -> D for a robot first facing F, or None when the rules reject it."""
+    """Describes the planned path S -> D for a robot first facing F, or None when the rules reject it
+    (or its number of fill-ins is outside ``fill_ins``, inclusive)."""
     legs = np.diff(path, axis=0)  # (P - 1, 2)
     facing_dir = graph.unique_instance(facing).center[:2] - path[0]
     if np.linalg.norm(facing_dir) < MIN_FACING_M:
@@ -168,57 +196,94 @@ def describe_route(
     if np.min(np.linalg.norm(np.diff(np.stack(waypoints), axis=0), axis=1)) < MIN_LEG_M:
         return None
     actions.append(f"Go forward until the {destination}.")
-    if not MIN_FILL_INS <= len(turns) <= MAX_FILL_INS:
+    if not fill_ins[0] <= len(turns) <= fill_ins[1]:
         return None
     numbered = " ".join(f"{k}. {a}" for k, a in enumerate(actions, 1))
     text = f"{numbered} You have reached the final destination."
     return Route(start, facing, destination, path, text, tuple(turns), reorients=bool(first))
 
 
-def turn_distractors(route: Route, rng: np.random.Generator) -> list[str]:
-    """3 other turn sequences of the same length (Turn Back only where the robot re-orients)."""
+def other_turn_sequences(route: Route) -> list[str]:
+    """Every other turn sequence of the same length (Turn Back only where the robot re-orients)."""
     allowed = [
         [TURN_LEFT, TURN_RIGHT, TURN_BACK] if (i == 0 and route.reorients) else [TURN_LEFT, TURN_RIGHT]
         for i in range(len(route.turns))
     ]
     answer = ", ".join(route.turns)
-    others = [", ".join(seq) for seq in product(*allowed) if ", ".join(seq) != answer]
+    return [", ".join(seq) for seq in product(*allowed) if ", ".join(seq) != answer]
+
+
+def turn_distractors(route: Route, rng: np.random.Generator) -> list[str]:
+    """3 other turn sequences of the same length (Turn Back only where the robot re-orients)."""
+    others = other_turn_sequences(route)
     return [others[i] for i in sorted(rng.choice(len(others), size=3, replace=False))]
 
 
-def generate(
-    graph: SceneGraph, rng: np.random.Generator, cap: int = DEFAULT_CAP, planner: RoutePlannerChoice = "auto"
-) -> list[QAItem]:
-    """Up to ``cap`` route questions, planned by ``planner`` (auto: habitat when it imports)."""
+def plan_routes(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int,
+    planner: RoutePlannerChoice,
+    fill_ins: tuple[int, int],
+    facings_per_route: int = 1,
+) -> Iterator[Route]:
+    """Described routes, lazily: (start, destination) pairs of scene-unique categories in random order
+    (at most ``MAX_PAIRS_PER_QUESTION * cap`` of them), each planned once and described for up to
+    ``facings_per_route`` facing objects (tried in random order) whose description has a number of
+    fill-ins in ``fill_ins``. Nothing when the scene has fewer than 3 unique categories or cap < 1."""
     uniques = graph.unique_categories()
     if len(uniques) < 3 or cap < 1:
-        return []
+        return
     plan = make_route_planner(graph.scene, planner)
     pairs = [(s, d) for s in uniques for d in uniques if s != d]
-    items: list[QAItem] = []
     for p in rng.permutation(len(pairs))[: MAX_PAIRS_PER_QUESTION * cap]:
-        if len(items) == cap:
-            break
         start, destination = pairs[p]
         path = plan_route(graph, plan, start, destination)
         if path is None:
             continue
         facings = [c for c in uniques if c not in (start, destination)]
-        route = None
-        for f in rng.permutation(len(facings)):  # one question per (start, destination)
-            route = describe_route(graph, plan, start, facings[f], destination, path)
+        found = 0
+        for f in rng.permutation(len(facings)):
+            route = describe_route(graph, plan, start, facings[f], destination, path, fill_ins)
             if route is not None:
-                break
-        if route is None:
-            continue
-        question = TEMPLATE.format(
-            start_object=route.start,
-            facing_object=route.facing,
-            destination_object=route.destination,
-            actions=route.actions,
-        )
+                yield route
+                found += 1
+                if found == facings_per_route:
+                    break
+
+
+def route_question(route: Route, template: Template) -> str:
+    """The question text of a described route in one of the :data:`ROUTE_TEMPLATES`."""
+    return template.format(
+        start_object=route.start,
+        facing_object=route.facing,
+        destination_object=route.destination,
+        actions=route.actions,
+    )
+
+
+def generate(
+    graph: SceneGraph,
+    rng: np.random.Generator,
+    cap: int = DEFAULT_CAP,
+    templates: TemplatePicker = OFFICIAL_TEMPLATES,
+    planner: RoutePlannerChoice = "auto",
+) -> list[QAItem]:
+    """Up to ``cap`` route questions, planned by ``planner`` (auto: habitat when it imports), one per
+    (start, destination)."""
+    items: list[QAItem] = []
+    for route in plan_routes(graph, rng, cap, planner, fill_ins=(MIN_FILL_INS, MAX_FILL_INS)):
+        template_id, template = templates.choose(PARAPHRASES[QUESTION_TYPE])
         answer = ", ".join(route.turns)
         items.append(
-            QAItem(QUESTION_TYPE, question, answer=answer, choices=(answer, *turn_distractors(route, rng)))
+            QAItem(
+                QUESTION_TYPE,
+                route_question(route, template),
+                answer=answer,
+                choices=(answer, *turn_distractors(route, rng)),
+                template=template_id,
+            )
         )
+        if len(items) == cap:
+            break
     return items

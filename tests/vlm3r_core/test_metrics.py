@@ -4,6 +4,7 @@ import pytest
 
 from vlm3r_core.metrics import (
     ScoredRow,
+    benchmark_of,
     lenient_parse_choice,
     lenient_parse_number,
     mean_relative_accuracy,
@@ -99,3 +100,30 @@ def test_markdown_puts_the_baseline_beside_each_task():
     table = summary_markdown(now, "trained", baseline=before)
     assert "| task | n | official | lenient | baseline official | baseline lenient |" in table
     assert "| object_counting | 1 | 100.0 | 100.0 | 25.0 | 50.0 |" in table
+
+
+def test_extended_question_types_are_their_own_benchmark_and_leave_vsi_and_vsti_unchanged():
+    official = [
+        ScoredRow("object_counting", 1.0, 1.0),
+        ScoredRow("object_rel_direction_hard", 0.0, 0.0),
+        ScoredRow("camera_displacement", 0.5, 0.5),
+    ]
+    extended = [
+        ScoredRow("object_depth_order", 1.0, 1.0),
+        ScoredRow("object_depth_order", 0.0, 1.0),
+        ScoredRow("multiview_correspondence", 1.0, 1.0),
+        ScoredRow("route_planning_one_turn", 0.0, 0.0),
+    ]
+    before, after = summarize(official), summarize(official + extended)
+    assert set(after) == {"vsibench", "vstibench", "vlm3r-ext"}
+    for name in ("vsibench", "vstibench"):
+        assert after[name] == before[name]
+    ext = after["vlm3r-ext"]
+    assert ext.tasks["object_depth_order"] == (50.0, 100.0, 2)
+    # mean over the question types present, as VSTI-Bench: (50 + 100 + 0) / 3
+    assert ext.overall_official == pytest.approx(50.0)
+    # multiple choice: exact letter match with mc_answer, as every official MC type
+    assert score_official("perspective_taking_lr", "B.", "B", mc_answer="B") == 1.0
+    assert score_official("object_camera_clock", "3", "B", mc_answer="B") == 0.0
+    assert benchmark_of("route_planning") == "vsibench" and benchmark_of("route_planning_one_turn") == "vlm3r-ext"
+    assert benchmark_of("object_camera_direction") == "vlm3r-ext" and benchmark_of("camera_displacement") == "vstibench"

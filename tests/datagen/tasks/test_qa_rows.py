@@ -1,7 +1,10 @@
-"""datagen.qa: per-scene rows and seeding, global letter balancing, conversations, output files."""
+"""datagen.qa: per-scene rows and seeding, task sets, template wording (official rows as before), global
+letter balancing, conversations, output files."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 
 import numpy as np
@@ -16,8 +19,10 @@ from datagen.qa import (
     scene_cache_uri,
     write_outputs,
 )
+from datagen.tasks import TASK_SETS, TASKS
 from tests.datagen.scene_builder import random_scene, write_scene_with_video
 from vlm3r_core import storage
+from vlm3r_core.metrics import benchmark_of
 from vlm3r_core.prompting import PromptConfig
 from vlm3r_core.scene import list_scenes
 
@@ -62,6 +67,7 @@ def _mc_row(i, n=4, question_type="object_rel_direction_hard"):
         "split": "train",
         "seed": 0,
         "generator_version": "g",
+        "template": f"{question_type}/0",
     }
 
 
@@ -174,3 +180,151 @@ def test_a_scene_rewritten_in_place_is_generated_again(tmp_path, scene):
     assert not result.cached and result.num_rows > 0
     summary = write_outputs(out, config, [after], [])
     assert set(summary.counts) == {"val"}  # the new scene.json, not the cached rows of the old one
+
+
+# blake2b-128 of the rows of two scenes, computed with the generator as it was before task sets and
+# template paraphrases existed (commit a074dd3), for the default config and for seed 7 with 50 questions
+# per type: pre-letter rows, benchmark rows, conversations (the new ``template`` column left out).
+ROWS_BEFORE = {
+    "default": (
+        588,
+        "6f134aff622c8fed21b25e3b202efdf9",
+        "83cb67fbe9435d64f0bb7f03519bea46",
+        "36a00695fbf46fa2e3d3f3bcb21b191b",
+    ),
+    "seed7-cap50": (
+        1406,
+        "022e7e2ae772985a8a4db3341f1340b4",
+        "460550d336223d4c2997700bf79d52e7",
+        "5b5364f1b45655849b446bca167a3306",
+    ),
+}
+
+
+def _digest(rows: list[dict]) -> str:
+    rows = [{k: v for k, v in r.items() if k != "template"} for r in rows]
+    return hashlib.blake2b(json.dumps(rows, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def two_scenes():
+    return [
+        random_scene(np.random.default_rng(3), num_objects=16, num_frames=64, scene_id="room-a"),
+        random_scene(np.random.default_rng(5), num_objects=24, num_frames=96, scene_id="room-b", split="val"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("default", QAConfig(route_planner="builtin")),
+        ("seed7-cap50", QAConfig(seed=7, default_cap=50, route_planner="builtin", templates="official")),
+    ],
+)
+def test_official_templates_and_the_default_task_set_give_the_rows_of_before(two_scenes, name, config):
+    assert config.tasks == TASK_SETS["official"] and config.templates == "official"
+    rows = [r for s in two_scenes for r in generate_scene_rows(s, "v.mp4", config)]
+    timing = {r["id"]: (r["timestamps"], r["duration_s"]) for r in rows}
+    bench = assign_letters(rows, seed=config.seed)
+    convs = [conversation(r, *timing[r["id"]], config.prompt) for r in bench]
+    assert (len(rows), _digest(rows), _digest(bench), _digest(convs)) == ROWS_BEFORE[name]
+    assert all(r["template"] == f"{r['question_type']}/0" for r in bench)
+
+
+def test_diverse_templates_are_seeded_recorded_and_change_only_the_wording(two_scenes):
+    scene = two_scenes[0]
+    official = generate_scene_rows(scene, "v.mp4", QAConfig(tasks=("all",), route_planner="builtin"))
+    diverse = generate_scene_rows(
+        scene, "v.mp4", QAConfig(tasks=("all",), route_planner="builtin", templates="diverse")
+    )
+    assert diverse == generate_scene_rows(
+        scene, "v.mp4", QAConfig(tasks=("all",), route_planner="builtin", templates="diverse")
+    )
+    assert len(diverse) == len(official)
+    wording = {"question", "template"}
+    for a, b in zip(official, diverse, strict=True):
+        assert {k: v for k, v in a.items() if k not in wording} == {
+            k: v for k, v in b.items() if k not in wording
+        }
+        question_type, k = b["template"].rsplit("/", 1)
+        assert question_type == b["question_type"]
+        templates = next(t for t in TASKS.values() if question_type in t.paraphrases).paraphrases[
+            question_type
+        ]
+        assert 0 <= int(k) < len(templates.templates)
+        assert (b["question"] == a["question"]) == (k == "0")  # the recorded template is the one used
+    used = Counter(r["template"].rsplit("/", 1)[1] for r in diverse)
+    assert set(used) == {"0", "1", "2"} and min(used.values()) > len(diverse) / 6
+    other_seed = generate_scene_rows(
+        scene, "v.mp4", QAConfig(tasks=("all",), route_planner="builtin", templates="diverse", seed=1)
+    )
+    assert [r["template"] for r in other_seed] != [r["template"] for r in diverse]
+
+
+def test_diverse_rows_keep_their_choices_in_option_order(two_scenes):
+    rows = generate_scene_rows(
+        two_scenes[1], "v.mp4", QAConfig(tasks=("all",), route_planner="builtin", templates="diverse")
+    )
+    for row in assign_letters(rows, seed=0):
+        if row["question_type"].startswith(("object_rel_distance", "object_depth_order", "object_height")):
+            names = [o.split(". ", 1)[1] for o in row["options"]]
+            assert f"({', '.join(names)})" in row["question"]
+        assert "{" not in row["question"]
+
+
+def test_task_sets_in_the_config_and_the_benchmark_of_extended_rows(two_scenes):
+    assert QAConfig().tasks == TASK_SETS["official"]
+    assert QAConfig(tasks=("extended", "object_counting")).tasks == (
+        *TASK_SETS["extended"],
+        "object_counting",
+    )
+    assert (
+        QAConfig(tasks=("all",)).tasks == TASK_SETS["all"] == QAConfig(tasks=("official", "extended")).tasks
+    )
+    rows = generate_scene_rows(two_scenes[0], "v.mp4", QAConfig(tasks=("extended",), route_planner="builtin"))
+    assert {benchmark_of(r["question_type"]) for r in rows} == {"vlm3r-ext"}
+    assert {r["question_type"] for r in rows} == {
+        qt for t in TASK_SETS["extended"] for qt in TASKS[t].question_types
+    }
+    one_turn = {r["generator_version"] for r in rows if r["question_type"] == "route_planning_one_turn"}
+    assert one_turn == {"vlm3r-qa-1+builtin"}
+    with pytest.raises(ValueError, match="unknown task"):
+        QAConfig(tasks=("extendd",))
+    with pytest.raises(ValueError, match="sequence of names"):
+        QAConfig(tasks="all")
+    with pytest.raises(ValueError, match="caps for unknown"):
+        QAConfig(caps={"extended": 3})
+    with pytest.raises(ValueError, match="templates must be one of"):
+        QAConfig(templates="fancy")
+
+
+def test_the_template_choice_is_in_the_fingerprint_the_outputs_and_the_manifest(tmp_path, two_scenes):
+    assert QAConfig().fingerprint() != QAConfig(templates="diverse").fingerprint()
+    assert QAConfig(tasks=("official",)).fingerprint() == QAConfig().fingerprint()
+    root, out = str(tmp_path / "data"), str(tmp_path / "out")
+    write_scene_with_video(two_scenes[0], root)
+    config = QAConfig(default_cap=2, templates="diverse", route_planner="builtin")
+    refs = list_scenes(root)
+    assert process_scene(refs[0], out, config).error is None
+    write_outputs(out, config, refs, [])
+    table = storage.read_parquet(f"{out}/qa/benchmark/train.parquet")
+    assert table.column_names[-1] == "template"
+    jsonl = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
+    assert [r["template"] for r in jsonl] == table.column("template").to_pylist()
+    assert storage.read_json(f"{out}/qa/manifest.json")["templates"] == "diverse"
+
+
+def test_adding_the_extended_families_leaves_the_official_rows_as_they_are(two_scenes):
+    official_types = {qt for t in TASK_SETS["official"] for qt in TASKS[t].question_types}
+    official = [
+        r for s in two_scenes for r in generate_scene_rows(s, "v.mp4", QAConfig(route_planner="builtin"))
+    ]
+    everything = [
+        r
+        for s in two_scenes
+        for r in generate_scene_rows(s, "v.mp4", QAConfig(tasks=("all",), route_planner="builtin"))
+    ]
+    assert len(everything) > len(official)
+    assert [r for r in everything if r["question_type"] in official_types] == official
+    lettered = [r for r in assign_letters(everything, seed=0) if r["question_type"] in official_types]
+    assert lettered == assign_letters(official, seed=0)

@@ -1,4 +1,5 @@
-"""Shared task machinery: checked templates, item validation, numeric distractors, the registry."""
+"""Shared task machinery: checked templates and paraphrases, item validation, numeric distractors, the
+registry, task sets and the benchmark each question type is scored under."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ import string
 import numpy as np
 import pytest
 
-from datagen.tasks import TASKS
-from datagen.tasks.common import QAItem, Template, fill_choices, format_number, numeric_distractors
+from datagen.tasks import TASK_SETS, TASKS, expand_task_names
+from datagen.tasks.common import (
+    OFFICIAL_TEMPLATES,
+    Paraphrases,
+    QAItem,
+    Template,
+    TemplatePicker,
+    fill_choices,
+    format_number,
+    numeric_distractors,
+)
+from vlm3r_core.metrics import benchmark_of
 
 
 def test_template_placeholders_must_match_the_code():
@@ -32,18 +43,65 @@ def test_choices_are_filled_after_letters_in_option_order():
     assert fill_choices(kept, ["tv", "bed"]) == "Which of (tv, bed) is closest to the odd {name}?"
 
 
-def test_every_registered_task_module_has_checked_templates():
+def test_every_question_type_has_an_official_template_and_at_least_two_checked_paraphrases():
     # Importing the registry built every template; each is a Template whose fields equal its placeholders.
-    import importlib
+    for name, task in TASKS.items():
+        assert task.question_types, name
+        for question_type, paraphrases in task.paraphrases.items():
+            assert paraphrases.question_type == question_type
+            texts = [t.text for t in paraphrases.templates]
+            assert len(texts) >= 3 and len(set(texts)) == len(texts), question_type
+            for t in paraphrases.templates:
+                found = {f for _, f, _, _ in string.Formatter().parse(t.text) if f}
+                assert found == set(t.fields) == set(paraphrases.official.fields), question_type
+            # A route question's note names the fill-in marker once, whatever the wording.
+            if question_type.startswith("route_planning"):
+                assert all(t.count("[please fill in]") == 1 for t in texts)
 
-    for name in TASKS:
-        module = importlib.import_module(f"datagen.tasks.{name}")
-        templates = [getattr(module, "TEMPLATE", None), *getattr(module, "TEMPLATES", {}).values()]
-        templates = [t for t in templates if t is not None]
-        assert templates, name
-        for t in templates:
-            found = {f for _, f, _, _ in string.Formatter().parse(t.text) if f}
-            assert found == set(t.fields), name
+
+def test_paraphrases_must_fill_the_same_placeholders():
+    official = Template("How many {category}(s)?", ["category"])
+    with pytest.raises(ValueError, match="fields"):
+        Paraphrases("object_counting", official, Template("How many {name}(s)?", ["name"]))
+    p = Paraphrases("object_counting", official, Template("Count the {category}(s).", ["category"]))
+    assert p.template_id(1) == "object_counting/1" and p.official is official
+
+
+def test_template_picker_official_draws_nothing_and_diverse_draws_every_wording():
+    p = Paraphrases(
+        "q",
+        Template("A {x}?", ["x"]),
+        Template("B {x}?", ["x"]),
+        Template("C {x}?", ["x"]),
+    )
+    assert {OFFICIAL_TEMPLATES.choose(p)[0] for _ in range(20)} == {"q/0"}
+    rng = np.random.default_rng(3)
+    picks = [TemplatePicker(rng).choose(p) for _ in range(300)]
+    assert {tid for tid, _ in picks} == {"q/0", "q/1", "q/2"}
+    assert all(t is p.templates[int(tid.split("/")[1])] for tid, t in picks)
+    again = [TemplatePicker(np.random.default_rng(3)).choose(p)[0]]
+    assert again[0] == picks[0][0]  # seeded
+
+
+def test_task_sets_split_the_registry_and_benchmarks_agree_with_the_scorer():
+    assert (
+        len(TASK_SETS["official"]) == 13 and TASK_SETS["all"] == TASK_SETS["official"] + TASK_SETS["extended"]
+    )
+    assert set(TASK_SETS["all"]) == set(TASKS) and not set(TASK_SETS["official"]) & set(TASK_SETS["extended"])
+    assert len(TASK_SETS["extended"]) >= 5
+    for name, task in TASKS.items():
+        in_official = name in TASK_SETS["official"]
+        assert task.benchmark in (("vsibench", "vstibench") if in_official else ("vlm3r-ext",)), name
+        for question_type in task.question_types:
+            assert benchmark_of(question_type) == task.benchmark, question_type
+    types = [qt for t in TASKS.values() for qt in t.question_types]
+    assert len(types) == len(set(types))  # row ids are numbered per question type: no two tasks share one
+    assert expand_task_names(["object_counting", "official", "perspective_taking"]) == (
+        *TASK_SETS["official"],
+        "perspective_taking",
+    )
+    with pytest.raises(ValueError, match="unknown task"):
+        expand_task_names(["offical"])
 
 
 def test_items_are_validated():

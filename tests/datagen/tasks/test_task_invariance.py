@@ -1,4 +1,5 @@
-"""Every task at once: a scene turned about Z and moved gives the same questions and answers."""
+"""Every task at once, official and extended: a scene turned about Z and moved gives the same questions,
+answers and (drawn) wordings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datagen.scene_graph import SceneGraph
-from datagen.tasks import TASKS
+from datagen.tasks import TASK_SETS, TASKS
+from datagen.tasks.common import TemplatePicker
 from tests.datagen.scene_builder import random_scene, transform_scene
 
 CAP = 6
@@ -16,13 +18,19 @@ CAP = 6
 
 def _generate_all(scene) -> dict:
     graph = SceneGraph(scene)
-    return {name: task.generate(graph, np.random.default_rng(11), CAP) for name, task in TASKS.items()}
+    return {
+        name: task.generate(
+            graph, np.random.default_rng(11), CAP, templates=TemplatePicker(np.random.default_rng(12))
+        )
+        for name, task in TASKS.items()
+    }
 
 
 @pytest.fixture(scope="module")
 def scene_and_items():
     scene = random_scene(np.random.default_rng(0), num_objects=30, num_frames=300, scene_id="room-b")
     items = _generate_all(scene)
+    assert set(items) == set(TASK_SETS["all"])
     assert all(items.values()), f"tasks without questions: {[n for n, i in items.items() if not i]}"
     return scene, items
 

@@ -1,6 +1,9 @@
-"""route_planning: a route worked out on paper, rejection bands, options, rotation invariance."""
+"""route_planning and route_planning_one_turn: routes worked out on paper, rejection bands, options,
+rotation invariance."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import pytest
 from datagen.routing.builtin import FloorPlan
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
+from datagen.tasks import route_planning_one_turn
 from tests.datagen.scene_builder import box, look_at, make_scene, transform_scene
 
 # Room 6 x 6. A bookshelf (y [2.0, 2.5]) and a cabinet behind it (y [2.5, 3.5]) run from the left
@@ -116,3 +120,57 @@ def test_routes_with_a_near_equal_way_round_are_not_asked(table_y, table_depth, 
         assert path is None
     else:
         np.testing.assert_allclose(path, expected, atol=1e-9)
+
+
+# One-turn routes in the same room (headings counter-clockwise from +x, turn = leg - facing):
+# - bookshelf -> plant: from (2.0, 1.8) straight to (0.6, 1.0), leg 209.7 deg. Facing the cabinet (90 deg):
+#   +119.7 -> Turn Left; the desk (105.1 deg): +104.6 -> Turn Left; the window (202.3 deg): 7.4, no turn.
+# - cabinet -> desk: (2.0, 3.7) to (1.0, 4.9), leg 129.8. The plant (237.1): -107.3 -> Turn Right; the
+#   window (234.2): -104.4 -> Turn Right; the bookshelf (270): -140.2, past the 140 degree band.
+# - desk -> cabinet: (1.0, 4.9) to (2.0, 3.7), leg 309.8. The plant (259.1): +50.7 -> Turn Left; the window
+#   (256.3): +53.5 -> Turn Left; the bookshelf (290.7): 19.1, no turn.
+# - plant -> bookshelf: (0.6, 1.0) to (2.0, 1.8), leg 29.7. The desk (84.9): -55.2 -> Turn Right; the
+#   cabinet (55.0): -25.3, in the 20-40 band; the window (180): -150.3, in the 140-160 band.
+ONE_TURN = {
+    ("bookshelf", "cabinet", "plant"): "Turn Left",
+    ("bookshelf", "desk", "plant"): "Turn Left",
+    ("cabinet", "plant", "desk"): "Turn Right",
+    ("cabinet", "window", "desk"): "Turn Right",
+    ("desk", "plant", "cabinet"): "Turn Left",
+    ("desk", "window", "cabinet"): "Turn Left",
+    ("plant", "desk", "bookshelf"): "Turn Right",
+}
+_ROLES = r"beginning at the (\w+) facing the (\w+)\. You want to navigate to the (\w+)\."
+
+
+def test_one_turn_routes_on_paper_are_the_ones_the_benchmark_task_leaves_out():
+    g = SceneGraph(_scene())
+    items = route_planning_one_turn.generate(g, np.random.default_rng(0), cap=100)
+    got = {re.search(_ROLES, i.question).groups(): i.answer for i in items}
+    assert got == ONE_TURN  # every (start, destination) with up to 2 facings
+    for item in items:
+        assert item.question.count("[please fill in]") == 2  # the note, and the one fill-in
+        assert item.question.split(": 1. ")[1].startswith("[please fill in] 2. Go forward until the ")
+        assert set(item.choices) == {"Turn Left", "Turn Right", "Turn Back"}  # re-orienting: Back allowed
+    official = rp.generate(g, np.random.default_rng(0), cap=100)
+    assert official and not {re.search(_ROLES, i.question).groups() for i in official} & set(ONE_TURN)
+    assert len(route_planning_one_turn.generate(g, np.random.default_rng(0), cap=3)) == 3
+
+
+def test_a_one_turn_route_that_does_not_reorient_has_two_options():
+    # A path given on paper: east along y = 1.8, then north at x = 4.2. Facing the bookshelf's centre
+    # (2, 2.25) from (0.6, 1.8) is atan2(0.45, 1.4) = 17.8 deg off the first leg: no turn. The corner
+    # (4.2, 1.8) is 0.28 m from the bookshelf and 0.73 m from the cabinet: "until the bookshelf", then +90.
+    path = np.array([[0.6, 1.8], [4.2, 1.8], [4.2, 4.5]])
+    g = SceneGraph(_scene())
+    plan = FloorPlan(g.scene)
+    route = rp.describe_route(g, plan, "plant", "bookshelf", "desk", path, fill_ins=(1, 1))
+    assert route.turns == ("Turn Left",) and not route.reorients
+    assert route.actions == (
+        "1. Go forward until the bookshelf. 2. [please fill in] 3. Go forward until the desk. "
+        "You have reached the final destination."
+    )
+    assert rp.other_turn_sequences(route) == ["Turn Right"]  # two options
+    assert rp.describe_route(g, plan, "plant", "bookshelf", "desk", path) is None  # the benchmark wants 2-4
+    back = rp.Route("window", "plant", "desk", path, "", ("Turn Back",), reorients=True)
+    assert rp.other_turn_sequences(back) == ["Turn Left", "Turn Right"]
