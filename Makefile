@@ -9,7 +9,7 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA ?= ./vlm3r-data
 TORCH_VERSION := 2.13.0
-APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libgomp1 g++ ninja-build
+APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libgomp1 g++ ninja-build chromium chromium-driver
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -57,7 +57,9 @@ demo: os-packages $(VENV)/.installed
 		--video $(DATA)/scenes/synthetic/syn-000003/video.mp4 --question "How many chairs are in this room?"
 	@echo "demo done. Under $(DATA): scenes/synthetic (videos + scene.json), qa/ (benchmark + conversations),"
 	@echo "  tokens/tiny-112px-32f-vf (token shards), runs/tiny/model (trained model),"
-	@echo "  eval/untrained and eval/trained (summary.md, predictions.jsonl, plots/)"
+	@echo "  eval/untrained and eval/trained (report.html, summary.md, predictions.jsonl, plots/)"
+	@echo "demo page: $(VENV)/bin/serve run serve_apps.app:build_app model=$(DATA)/runs/tiny/model demo_videos=$(DATA)"
+	@echo "  then open http://127.0.0.1:8000/"
 
 test: os-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15

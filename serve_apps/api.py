@@ -8,6 +8,12 @@ Routes:
   (``chat.completion.chunk`` objects, then ``data: [DONE]``).
 - ``GET /v1/models``: the one served model.
 - ``GET /health``: 200 while the ingress is up (no API key needed).
+- ``GET /`` redirects to ``GET /demo``, the browser demo page (``serve_apps/static/``, files under
+  ``/demo/static/``; no API key needed for the page itself). The page calls, with the API key:
+  ``GET /demo/videos`` (the bundled demo videos and their benchmark questions),
+  ``GET /demo/videos/file?video=<id>`` (a video's bytes), ``GET /demo/videos/layout?video=<id>``
+  (a scene's annotated 3D layout, the viewer's JSON) and ``POST /demo/frames`` (body: a video;
+  answers the frames the model samples as JPEG data URLs). See ``serve_apps/demo.py``.
 
 Every error is a 4xx/5xx in the OpenAI error format ``{"error": {"message", "type", "param",
 "code"}}``. Requests are checked in this order, so a request without a valid API key never reaches
@@ -32,7 +38,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
@@ -40,6 +46,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_apps.args import API_KEYS_ENV, Vlm3rArgs
+from serve_apps.demo import DemoSite, static_file
 from serve_apps.deployments import GenerationOutput, GenerationRequest, VideoLimitError
 from serve_apps.openai_protocol import (
     ApiError,
@@ -127,6 +134,7 @@ class Vlm3rIngress:
         self.api_keys = frozenset([*args.api_keys, *env_keys])
         self.allowed_prefixes = tuple(p if p.endswith("/") else p + "/" for p in args.allowed_uri_prefixes)
         self.created = int(time.time())
+        self.demo = DemoSite(args)
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
@@ -136,6 +144,50 @@ class Vlm3rIngress:
     async def models(self, request: Request) -> dict[str, Any]:
         authorize(request.headers.get("authorization"), self.api_keys)
         return ModelList(data=[ModelCard(id=self.args.served_model_name, created=self.created)]).model_dump()
+
+    # ---- the browser demo (serve_apps/demo.py, serve_apps/static/) ---------------------------
+
+    @api.get("/", include_in_schema=False)
+    async def root(self, request: Request) -> RedirectResponse:
+        return RedirectResponse(request.url_for("demo_page"))
+
+    @api.get("/demo", include_in_schema=False)
+    async def demo_page(self) -> HTMLResponse:
+        return HTMLResponse(static_file("index.html")[0], headers={"Cache-Control": "no-cache"})
+
+    @api.get("/demo/static/{name}", include_in_schema=False)
+    async def demo_static(self, name: str) -> Response:
+        found = static_file(name)
+        if found is None:
+            raise ApiError(404, f"the demo page has no file {name!r}", "not_found")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
+
+    @api.get("/demo/videos")
+    async def demo_videos(self, request: Request) -> dict[str, Any]:
+        authorize(request.headers.get("authorization"), self.api_keys)
+        return await asyncio.to_thread(self.demo.listing)
+
+    @api.get("/demo/videos/file")
+    async def demo_video_file(self, request: Request, video: str) -> Response:
+        authorize(request.headers.get("authorization"), self.api_keys)
+        data, media_type = await asyncio.to_thread(self.demo.video_file, video)
+        return Response(data, media_type=media_type)
+
+    @api.get("/demo/videos/layout")
+    async def demo_video_layout(self, request: Request, video: str) -> JSONResponse:
+        authorize(request.headers.get("authorization"), self.api_keys)
+        return JSONResponse(await asyncio.to_thread(self.demo.layout, video))
+
+    @api.post("/demo/frames")
+    async def demo_frames(self, request: Request) -> dict[str, Any]:
+        authorize(request.headers.get("authorization"), self.api_keys)
+        video = await read_body(request, self.args.max_video_bytes)
+        try:
+            return await asyncio.to_thread(self.demo.frames, video)
+        except ApiError:
+            raise
+        except Exception as e:
+            raise backend_error(e) from None
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:

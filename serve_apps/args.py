@@ -28,6 +28,11 @@ class Vlm3rArgs(pydantic.BaseModel):
         token_cache_entries: encoded videos kept per ``GeometryEncoder`` replica.
         encoder_batch_size: most videos encoded together (``@serve.batch``).
         lm_batch_size: most requests generated together (``@serve.batch``).
+        demo_videos: videos the demo page (``/demo``) offers: a data root (``scenes/<dataset>/<scene>/``
+            with ``scene.json``; their benchmark questions from ``qa/benchmark/*.jsonl`` and their
+            annotated 3D layout) or a folder of video files; none: the page offers uploads only.
+        demo_questions: benchmark rows (parquet/JSON/JSONL) offered with the demo videos, instead
+            of the data root's ``qa/benchmark/*.jsonl``.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +51,8 @@ class Vlm3rArgs(pydantic.BaseModel):
     token_cache_entries: int = pydantic.Field(default=64, ge=0)
     encoder_batch_size: int = pydantic.Field(default=4, gt=0)
     lm_batch_size: int = pydantic.Field(default=8, gt=0)
+    demo_videos: str | None = None
+    demo_questions: str | None = None
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> "Vlm3rArgs":

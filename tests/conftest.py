@@ -34,6 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests that need released weights")
+    parser.addoption(
+        "--screenshots",
+        metavar="DIR",
+        help="browser tests also write the README's screenshots here (e.g. docs/images)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,6 +48,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def screenshots_dir(request) -> Path | None:
+    """Where browser tests write the README's screenshots (``--screenshots DIR``), else None."""
+    value = request.config.getoption("--screenshots")
+    return Path(value).resolve() if value else None
 
 
 @pytest.fixture(scope="session")

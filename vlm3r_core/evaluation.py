@@ -8,6 +8,8 @@ outputs with :mod:`vlm3r_core.metrics` and writes, under the output URI:
 - ``predictions.jsonl``: one record per question (question, options, ground truth, raw output,
   parsed answer, official and lenient score);
 - ``summary.json`` and ``summary.md``: per task and overall, official and lenient, per benchmark;
+- ``report.html``: one self-contained page with charts and example questions with their frames
+  (:mod:`vlm3r_core.report`);
 - ``plots/<task>.png``: per task, predicted against true letters (multiple choice) or predicted
   against true values (numeric), and ``plots/overview_<benchmark>.png`` with a bar per task;
 - ``answers.jsonl`` and ``errors.jsonl``: the run ledger (:mod:`vlm3r_core.ledger`): every answer
@@ -42,6 +44,7 @@ from vlm3r_core.metrics import (
     summarize,
     summary_markdown,
 )
+from vlm3r_core.report import write_html_report
 
 
 @dataclass(frozen=True)
@@ -209,8 +212,9 @@ def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> 
             lenient = lenient_parse_choice(raw or "", row.options)
         records.append(
             {
-                **{k: v for k, v in asdict(row).items() if k != "frame_indices"},
+                **asdict(row),
                 "options": list(row.options),
+                "frame_indices": list(row.frame_indices),
                 "prediction": raw,
                 "parsed_official": official_parse(raw) if raw is not None else None,
                 "parsed_lenient": lenient,
@@ -303,7 +307,7 @@ def write_report(
     title: str = "",
     baseline: dict[str, BenchmarkSummary] | None = None,
 ) -> dict[str, BenchmarkSummary]:
-    """Writes predictions, summary (JSON + markdown) and plots under ``out``; returns the summary."""
+    """Writes predictions, summary (JSON + markdown), report.html and plots under ``out``; returns the summary."""
     summaries = summarize_records(records)
     storage.write_jsonl(storage.join(out, "predictions.jsonl"), records)
     storage.write_json(
@@ -311,6 +315,7 @@ def write_report(
         {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()}},
     )
     storage.write_text(storage.join(out, "summary.md"), summary_markdown(summaries, title, baseline))
+    write_html_report(out, records, summaries, title, baseline)
     by_task: dict[str, list[dict]] = {}
     for r in records:
         by_task.setdefault(r["question_type"], []).append(r)

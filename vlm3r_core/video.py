@@ -11,7 +11,7 @@ Decoding uses PyAV. Shapes: ``T`` sampled frames, ``H`` x ``W`` pixels, RGB uint
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import av
@@ -164,6 +164,8 @@ def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frame
     kept: dict[int, np.ndarray] = {}
     count = 0
     with _open(source, name) as container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{name}: no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         try:
@@ -207,6 +209,18 @@ def iter_frames(source: str | bytes, indices: Iterable[int], name: str | None = 
     raise VideoDecodeError(f"{name}: video ended before frame {wanted[-1]} ({len(wanted) - position} wanted frames missing)")
 
 
+def _decoded(kept: dict[int, np.ndarray], indices: np.ndarray, count: int, fps: float) -> DecodedVideo:
+    """The frames at ``indices`` of decoded ``kept`` frames (a stream without a rate counts 1 fps)."""
+    fps = fps if fps > 0 else 1.0
+    return DecodedVideo(
+        frames=np.stack([kept[i] for i in indices.tolist()]),  # (T, H, W, 3)
+        frame_indices=indices,
+        timestamps=indices / fps,
+        num_frames=count,
+        fps=fps,
+    )
+
+
 def read_video(
     source: str | bytes,
     num_samples: int = DEFAULT_NUM_FRAMES,
@@ -244,14 +258,52 @@ def read_video(
     if count != packets:
         indices = sample_frame_indices(count, num_samples)
         kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames)
-    fps = fps if fps > 0 else 1.0
-    return DecodedVideo(
-        frames=np.stack([kept[i] for i in indices.tolist()]),  # (T, H, W, 3)
-        frame_indices=indices,
-        timestamps=indices / fps,
-        num_frames=count,
-        fps=fps,
-    )
+    return _decoded(kept, indices, count, fps)
+
+
+def count_frames(source: str | bytes, name: str | None = None) -> int:
+    """Frames in a video, counted from its packets without decoding them (as :func:`read_video` does).
+
+    Raises:
+        VideoDecodeError: unreadable video, or one without a video stream.
+    """
+    return _count_frames(source, name or (source if isinstance(source, str) else "<video bytes>"))
+
+
+def read_frames(source: str | bytes, frame_indices: Sequence[int], name: str | None = None) -> DecodedVideo:
+    """Decodes the frames at the given video frame numbers (e.g. the frames a question names).
+
+    Args:
+        source: a URI (local path, ``file://``, ``s3://``) or the encoded bytes.
+        frame_indices: frame numbers in the decoded stream, in any order (repeats allowed).
+        name: how errors name the video (defaults to the URI).
+
+    Returns:
+        The frames in the order of ``frame_indices``; ``num_frames`` is the whole video's count.
+
+    Raises:
+        VideoDecodeError: unreadable video, or an index outside the video.
+    """
+    name = name or (source if isinstance(source, str) else "<video bytes>")
+    indices = np.asarray(frame_indices, dtype=np.int64)
+    if indices.size == 0:
+        raise ValueError(f"{name}: no frame indices to read")
+    kept, count, fps = _decode_selected(source, name, set(indices.tolist()), None)
+    outside = sorted(set(indices.tolist()) - set(kept))
+    if outside:
+        raise VideoDecodeError(f"{name}: frames {outside} are outside the video ({count} frames)")
+    return _decoded(kept, indices, count, fps)
+
+
+def jpeg_thumbnail(frame: np.ndarray, max_side: int = 160, quality: int = 80) -> bytes:
+    """A small JPEG of one (H, W, 3) uint8 RGB frame, its longer side at most ``max_side`` pixels."""
+    from PIL import Image
+
+    image = Image.fromarray(frame)
+    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def write_video(uri: str, frames: np.ndarray, fps: float, crf: int = 23, deterministic: bool = False) -> None:

@@ -51,6 +51,9 @@ def test_evaluates_raw_videos_and_records_failed_videos(ray_local, tmp_path, vid
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["num_questions"] == 3 and "vsibench" in summary["benchmarks"]
     assert (tmp_path / "eval" / "plots" / "overview_vsibench.png").stat().st_size > 1000
+    report = (tmp_path / "eval" / "report.html").read_text()  # beside summary.md, frames of the real video
+    assert report.count('<img class="frame" src="data:image/jpeg;base64,') == 8  # q0 and q1, 4 frames each
+    assert "frames unavailable" in report and "gone.mp4" in report
 
 
 def test_an_interrupted_run_resumes_with_the_answers_it_saved(ray_local, tmp_path, video, capsys):

@@ -65,6 +65,6 @@ def test_echoing_the_ground_truth_scores_100_and_a_known_wrong_answer_scores_as_
     written = sorted(p.rsplit("/", 1)[1] for p in storage.list_files(out))
     assert written == [
         "object_abs_distance.png", "object_counting.png", "object_rel_direction_easy.png",
-        "object_rel_direction_hard.png", "overview_vsibench.png", "predictions.jsonl", "summary.json", "summary.md",
+        "object_rel_direction_hard.png", "overview_vsibench.png", "predictions.jsonl", "report.html", "summary.json", "summary.md",
     ]
     assert "| **overall** |" in (tmp_path / "wrong" / "summary.md").read_text()

@@ -1,9 +1,20 @@
 """Frame sampling rule and PyAV decoding."""
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from vlm3r_core.video import VideoDecodeError, read_video, sample_frame_indices, write_video
+from vlm3r_core.video import (
+    VideoDecodeError,
+    count_frames,
+    jpeg_thumbnail,
+    read_frames,
+    read_video,
+    sample_frame_indices,
+    write_video,
+)
 
 
 def test_sampling_is_the_official_linspace_rule():
@@ -42,3 +53,19 @@ def test_bad_videos_give_clear_errors(tmp_path):
         read_video(str(tmp_path / "long.mp4"), max_frames=5)
     with pytest.raises(ValueError, match="even"):
         write_video(str(tmp_path / "odd.mp4"), np.zeros((2, 15, 16, 3), np.uint8), fps=4)
+
+
+def test_reads_the_frames_a_question_names(tmp_path):
+    frames = np.stack([np.full((32, 48, 3), 8 * i, np.uint8) for i in range(25)])
+    uri = str(tmp_path / "v.mp4")
+    write_video(uri, frames, fps=5)
+    assert count_frames(uri) == 25
+    video = read_frames(uri, [20, 3, 3])
+    assert video.frame_indices.tolist() == [20, 3, 3] and video.num_frames == 25
+    np.testing.assert_allclose(video.frames.reshape(3, -1).mean(axis=1), [160, 24, 24], atol=3)
+    np.testing.assert_allclose(video.timestamps, [4.0, 0.6, 0.6])
+    with pytest.raises(VideoDecodeError, match=r"frames \[25\] are outside the video \(25 frames\)"):
+        read_frames(uri, [0, 25])
+    thumbnail = jpeg_thumbnail(video.frames[0], max_side=24)
+    assert thumbnail[:2] == b"\xff\xd8"  # a JPEG
+    assert Image.open(io.BytesIO(thumbnail)).size == (24, 16)
