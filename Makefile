@@ -9,19 +9,35 @@ TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 DATA ?= ./vlm3r-data
 TORCH_VERSION := 2.13.0
-APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libgomp1 g++ ninja-build chromium chromium-driver
+APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libgomp1 g++ ninja-build
+# Headless Chromium for the browser tests (make test only). Debian names; where the distribution has
+# no such package (Ubuntu ships Chromium as a snap) they are skipped and the browser tests skip too.
+BROWSER_PACKAGES := chromium chromium-driver
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint clean os-packages
+.PHONY: install demo test lint clean os-packages browser-packages
+
+# apt-get runs only for missing packages (through sudo when not root); $(1): the packages,
+# $(2): "optional" to skip packages the distribution does not have.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "[install] OS packages: $$missing (apt-get, about a minute)"; \
+		$$SUDO apt-get update -qq; \
+		if [ "$(2)" = optional ]; then \
+			missing=$$(for p in $$missing; do apt-cache show $$p >/dev/null 2>&1 && echo $$p || echo "[install] $$p: not in this distribution, skipped" >&2; done); \
+		fi; \
+		[ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
 
 os-packages:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing OS packages: $$missing"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	$(call apt_install,$(APT_PACKAGES),required)
+
+browser-packages:
+	$(call apt_install,$(BROWSER_PACKAGES),optional)
 
 $(VENV)/.installed: pyproject.toml | os-packages
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -61,7 +77,7 @@ demo: os-packages $(VENV)/.installed
 	@echo "demo page: $(VENV)/bin/serve run serve_apps.app:build_app model=$(DATA)/runs/tiny/model demo_videos=$(DATA)"
 	@echo "  then open http://127.0.0.1:8000/"
 
-test: os-packages $(VENV)/.installed $(TOOLS)/.installed
+test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(VENV)/.installed
