@@ -232,6 +232,7 @@ class TokenEncoder:
             ``poses`` (T, 7) when CUT3R's pose head is on, ``vision_features`` (T, P, Cv) when the
             encoder stores them.
         """
+        from vlm3r_core.vlm.model import siglip_features
         from vlm3r_core.vlm.processor import resize_frames
 
         if len({v.shape[0] for v in videos}) != 1:
@@ -252,8 +253,7 @@ class TokenEncoder:
                 row["poses"] = geometry.poses[b].float().cpu().numpy()  # (T, 7)
         if self.encoder.with_vision_features:
             siglip = torch.cat([resize_frames(f, self.cfg.siglip_image_size) for f in frames]).to(dtype)  # (B*T, 3, S, S)
-            hidden = self.vision_tower.embeddings(siglip)  # (B*T, P, Cv)
-            hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (B*T, P, Cv), penultimate layer
+            hidden = siglip_features(self.vision_tower, siglip)  # (B*T, P, Cv), penultimate layer
             hidden = hidden.view(len(videos), -1, *hidden.shape[1:])  # (B, T, P, Cv)
             for b, row in enumerate(out):
                 row["vision_features"] = hidden[b].float().cpu().numpy()
