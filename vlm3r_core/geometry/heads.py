@@ -22,7 +22,7 @@ from vlm3r_core.geometry.config import Cut3rConfig
 from vlm3r_core.geometry.layers import Attention, Mlp, layer_norm
 from vlm3r_core.geometry.rope import RopePositions
 
-__all__ = ["Cut3rHeads", "Cut3rPointmaps"]
+__all__ = ["Cut3rHeads", "Cut3rPointmaps", "pose_to_cam_to_world"]
 
 
 @dataclass
@@ -58,6 +58,29 @@ def decode_pose(raw: torch.Tensor) -> torch.Tensor:
     quat = F.normalize(quat, p=2, dim=-1)
     quat = torch.where(quat[..., :1] < 0, -quat, quat)
     return torch.cat([trans, quat], dim=-1)
+
+
+def pose_to_cam_to_world(poses: torch.Tensor) -> torch.Tensor:
+    """Poses (..., 7) [t, q (w, x, y, z)] -> camera-to-world matrices (..., 4, 4), same dtype.
+
+    The rotation of a unit quaternion; the translation column is the camera centre in the world
+    (the first frame's camera frame, metres).
+    """
+    t, q = poses[..., :3], F.normalize(poses[..., 3:7], p=2, dim=-1)
+    w, x, y, z = q.unbind(-1)
+    rotation = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+            2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+            2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).unflatten(-1, (3, 3))  # (..., 3, 3)  # fmt: skip
+    out = torch.zeros(*poses.shape[:-1], 4, 4, dtype=poses.dtype, device=poses.device)
+    out[..., :3, :3] = rotation
+    out[..., :3, 3] = t
+    out[..., 3, 3] = 1
+    return out  # (..., 4, 4)
 
 
 def decode_points(fmap: torch.Tensor, flip_to_positive_z: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,8 +45,14 @@ from vlm3r_core.vlm import checkpoint
 from vlm3r_core.vlm.config import BASE_COMPONENTS, COMPONENTS, Vlm3rConfig
 from vlm3r_core.vlm.processor import IGNORE_INDEX, FramePixels
 
-__all__ = ["COMPONENTS", "VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
-
+__all__ = [
+    "COMPONENTS",
+    "VideoFeatures",
+    "Vlm3rOutput",
+    "Vlm3rForConditionalGeneration",
+    "Vlm3rProjector",
+    "siglip_features",
+]
 
 
 @dataclass
@@ -160,6 +166,46 @@ class Vlm3rProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+class FramewiseActivation(nn.Module):
+    """Applies an elementwise activation one frame at a time on the CPU, so that a frame's SigLIP
+    features do not depend on the other frames of its batch.
+
+    PyTorch's vectorised CPU kernels compute the last ``numel % (2 * vector width)`` elements of a
+    call with the scalar ``tanh``, which rounds differently from the vector one. With SigLIP-so400m
+    (729 x 4304 activations per frame) one frame alone and the same frame inside a 32-frame batch
+    therefore differed in a few activations, and after 26 blocks in many features. One call per
+    frame gives every frame the same element layout whatever the batch (live sessions encode one
+    frame at a time, offline requests all sampled frames at once). CUDA kernels apply the same
+    function to every element, so there the activation runs once on the whole batch.
+    """
+
+    def __init__(self, activation: nn.Module):
+        super().__init__()
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, P, C), n frames -> (n, P, C)."""
+        if x.device.type != "cpu" or x.shape[0] == 1:
+            return self.activation(x)
+        return torch.cat([self.activation(x[i : i + 1]) for i in range(x.shape[0])])
+
+
+def siglip_features(vision_tower: SiglipVisionModel, pixels: torch.Tensor) -> torch.Tensor:
+    """SigLIP penultimate-layer features of single frames: the one vision path of encoding
+    (``encode_frames``, token precompute, live sessions).
+
+    Args:
+        vision_tower: the model's ``vision_tower`` (all SigLIP blocks but the last).
+        pixels: (n, 3, S, S) frames in [-1, 1], in the tower's dtype and on its device.
+
+    Returns:
+        (n, P, Cv); each frame's features are the same whether it is encoded alone or with others
+        (on the CPU bit for bit, see ``FramewiseActivation``).
+    """
+    hidden = vision_tower.embeddings(pixels)  # (n, P, Cv)
+    return vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
+
+
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
@@ -178,6 +224,8 @@ def _build_component(config: Vlm3rConfig, name: str) -> nn.Module | nn.Parameter
         )
         tower = SiglipVisionModel(SiglipVisionConfig(**vision))
         tower.post_layernorm = nn.Identity()  # features are taken before it (penultimate layer)
+        for layer in tower.encoder.layers:  # no weights: checkpoint keys are unchanged
+            layer.mlp.activation_fn = FramewiseActivation(layer.mlp.activation_fn)
         return tower
     if name == "cut3r":
         return Cut3r.from_config(config.cut3r)
@@ -280,7 +328,12 @@ class Vlm3rForConditionalGeneration(nn.Module):
                 if c not in loaded:
                     raise ValueError(f"{ref}: holds no {c} weights")
         if "cut3r" in components and self.config.cut3r_weights is not None:
-            source = load_cut3r(self.config.cut3r_weights)
+            heads = self.config.cut3r  # a config with point heads loads them too (3D export)
+            source = load_cut3r(
+                self.config.cut3r_weights,
+                enable_pose_head=heads.enable_pose_head,
+                enable_point_heads=heads.enable_point_heads,
+            )
             self.cut3r.load_state_dict(source.state_dict())
 
     def component_state(self, component: str) -> dict[str, torch.Tensor]:
@@ -334,8 +387,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         vision = None
         if pixels.siglip is not None:
             siglip_in = pixels.siglip.to(self.device, dtype)[mask]  # (n, 3, S, S), n real frames
-            hidden = self.vision_tower.embeddings(siglip_in)  # (n, P, Cv)
-            hidden = self.vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
+            hidden = siglip_features(self.vision_tower, siglip_in)  # (n, P, Cv)
             b, t = mask.shape
             vision = hidden.new_zeros((b, t, *hidden.shape[1:]))  # (B, T, P, Cv)
             vision[mask] = hidden
