@@ -3,9 +3,10 @@
 :class:`AnswerQuestions` is a Ray Data stage written as a plain callable class (testable without
 Ray): the constructor loads the model once, each call answers a batch of benchmark rows. Video
 features come from precomputed token shards when a shard set is given, else the stage decodes
-the videos and runs the frozen encoders itself. Prompts come from the one prompt builder with the
-model's own :class:`~vlm3r_core.prompting.PromptConfig` and frame count, so evaluation sees
-exactly what training saw.
+the videos and runs the frozen encoders itself. Prompts come from
+:meth:`Vlm3rProcessor.user_message` (the model's own :class:`~vlm3r_core.prompting.PromptConfig`)
+with the token row's or the decoded video's frame times, the call training makes, so evaluation
+sees exactly what training saw.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 
 from vlm3r_core.presets import PRESETS, get_preset
-from vlm3r_core.prompting import build_user_message
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
 from vlm3r_core.vlm import COMPONENTS, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
@@ -113,12 +113,11 @@ class AnswerQuestions:
         if ok:
             cfg = self.model.config
             messages = [
-                build_user_message(
+                self.processor.user_message(
                     r["question"],
                     r["options"],
                     timestamps=videos[r["video_id"]].timestamps,
                     duration_s=videos[r["video_id"]].duration_s,
-                    config=cfg.prompt,
                 )
                 for r in ok
             ]
