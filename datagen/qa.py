@@ -19,11 +19,13 @@ Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on t
 3. :func:`write_outputs`: benchmark rows (VSI-Bench fields plus ``mc_answer``, ``frame_indices``,
    ``video``, ``split``, ``seed``, ``generator_version``, ``template``; route questions add the
    planner that drew them to ``generator_version``, ``vlm3r-qa-1+builtin`` or
-   ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split,
-   LLaVA training conversations per split (built by :mod:`vlm3r_core.prompting`), a manifest with
-   counts per question type and split and the question vocabulary (``vocabulary``, and
-   ``vocabulary_names``: per dataset, raw label -> name asked, or null for every label as it is),
-   and the errors file.
+   ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split, training conversations per split
+   (``question``, ``options``, ``answer``, ``video_id``, from which training renders the prompt
+   exactly as evaluation and serving do, plus the LLaVA form for other tools, built by
+   :mod:`vlm3r_core.prompting`), and a manifest with the model preset and frame count the
+   questions were made for, counts per question type and split and the question vocabulary
+   (``vocabulary``, and ``vocabulary_names``: per dataset, raw label -> name asked, or null for
+   every label as it is).
 
 Output layout under ``<out>/qa/``::
 
@@ -36,6 +38,7 @@ Output layout under ``<out>/qa/``::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -55,7 +58,6 @@ from datagen.vocabulary import VOCABULARIES, VocabularyChoice, vocabulary_tables
 from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
 from vlm3r_core.scene import Scene, SceneRef, read_scene, verify_video
-from vlm3r_core.video import DEFAULT_NUM_FRAMES
 
 GENERATOR_VERSION = "vlm3r-qa-1"
 LETTERS = "ABCD"
@@ -117,8 +119,12 @@ class QAConfig:
         caps: questions per scene and question type, per task name; tasks not named use their
             ``DEFAULT_CAP`` (or ``default_cap`` when set).
         default_cap: one cap for every task not in ``caps``.
-        num_frames: K frames sampled per video ("frame k of K").
-        prompt: prompt settings for the training conversations.
+        preset: the model preset (``vlm3r_core.presets``) the questions are made for; its config
+            is the one root of the frame count and of the prompt settings.
+        num_frames: K frames sampled per video ("frame k of K"), always the preset's
+            ``num_frames``: leave it unset (None); a value given must equal it.
+        prompt: prompt settings of the LLaVA form of the conversations: the preset's (derived;
+            training renders its prompts with the trained model's own).
         route_planner: the route task's planner: ``"builtin"``, ``"habitat"`` (habitat-sim's navmesh;
             ImportError when ``habitat_sim`` does not import) or ``"auto"`` (habitat when it imports).
             Resolved to builtin or habitat when the config is made (on the driver), so every worker
@@ -138,8 +144,9 @@ class QAConfig:
     seed: int = 0
     caps: Mapping[str, int] = field(default_factory=dict, metadata={"cli": False})
     default_cap: int | None = field(default=None, metadata={"cli": False})
-    num_frames: int = DEFAULT_NUM_FRAMES
-    prompt: PromptConfig = field(default=PromptConfig(), metadata={"cli": False})
+    preset: str = "tiny"
+    num_frames: int | None = field(default=None, metadata={"cli": False})
+    prompt: PromptConfig = field(init=False, default=PromptConfig())
     route_planner: RoutePlannerChoice = "auto"
     vocabulary: VocabularyChoice = "vsibench"
     templates: TemplateChoice = "official"
@@ -155,8 +162,16 @@ class QAConfig:
             raise ValueError("no tasks selected")
         if any(c < 0 for c in self.caps.values()) or (self.default_cap is not None and self.default_cap < 0):
             raise ValueError(f"caps must be >= 0, got {dict(self.caps)} / {self.default_cap}")
-        if self.num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        from vlm3r_core.presets import get_preset  # only on the driver: workers get the config pickled
+
+        model = get_preset(self.preset)
+        if self.num_frames is not None and self.num_frames != model.num_frames:
+            raise ValueError(
+                f"num_frames={self.num_frames} disagrees with preset {self.preset!r}, which samples "
+                f"{model.num_frames} frames per video: the frame count comes from the model preset"
+            )
+        object.__setattr__(self, "num_frames", model.num_frames)
+        object.__setattr__(self, "prompt", model.prompt)
         if self.vocabulary not in VOCABULARIES:
             raise ValueError(f"vocabulary must be one of {list(VOCABULARIES)}, got {self.vocabulary!r}")
         if self.templates not in TEMPLATE_CHOICES:
@@ -245,10 +260,8 @@ class GenerateQAConfig:
         if self.per_scene_cap:
             default, caps = parse_caps(self.per_scene_cap)
             qa = self.qa
-            object.__setattr__(
-                self, "qa", QAConfig(**{**qa.__dict__, "caps": {**qa.caps, **caps},
-                                        "default_cap": qa.default_cap if default is None else default})
-            )  # fmt: skip
+            default = qa.default_cap if default is None else default
+            object.__setattr__(self, "qa", dataclasses.replace(qa, caps={**qa.caps, **caps}, default_cap=default))
         if not self.num_cpus_per_scene > 0:
             raise ValueError(f"num_cpus_per_scene must be > 0, got {self.num_cpus_per_scene}")
         if self.concurrency is not None and self.concurrency < 1:
@@ -405,10 +418,15 @@ def assign_letters(rows: Iterable[dict], seed: int) -> list[dict]:
 
 
 def conversation(row: dict, timestamps: Sequence[float], duration_s: float, prompt: PromptConfig) -> dict:
-    """The LLaVA training sample of a benchmark row, via the one prompt builder.
+    """The training sample of a benchmark row.
 
-    ``video_id`` (``<dataset>/<scene_name>``) is the key that joins it to the video's token row.
+    Training reads ``question``, ``options`` and ``answer`` and renders the prompt itself, with the
+    trained model's ``PromptConfig`` and the frame times of the video's token row, exactly as
+    evaluation and serving do. ``conversations`` is the LLaVA form (via the one prompt builder, with
+    the scene's frame times) for other tools. ``video_id`` (``<dataset>/<scene_name>``) is the key
+    that joins it to the video's token row.
     """
+    answer = answer_text(row["options"], row["ground_truth"], row["mc_answer"])
     user = build_user_message(
         row["question"], row["options"], timestamps=timestamps, duration_s=duration_s, config=prompt
     )
@@ -416,9 +434,10 @@ def conversation(row: dict, timestamps: Sequence[float], duration_s: float, prom
         "id": row["id"],
         "video": row["video"],
         "video_id": f"{row['dataset']}/{row['scene_name']}",
-        "conversations": build_conversation(
-            user, answer_text(row["options"], row["ground_truth"], row["mc_answer"])
-        ),
+        "question": row["question"],
+        "options": list(row["options"]),
+        "answer": answer,
+        "conversations": build_conversation(user, answer),
         "question_type": row["question_type"],
         "data_source": row["dataset"],
     }
@@ -478,6 +497,7 @@ def write_outputs(
             "seed": config.seed,
             "tasks": list(config.tasks),
             "caps": {t: config.cap(t) for t in config.tasks},
+            "preset": config.preset,
             "num_frames": config.num_frames,
             "route_planner": config.route_planner,
             "vocabulary": config.vocabulary,

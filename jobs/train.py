@@ -13,8 +13,12 @@ Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
-Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running with the same ``--out`` and
-``--run-name`` resumes), the trained model to ``<out>/model`` and conversations without tokens to
+The driver plans the data (``vlm3r_core.train_data``: the join, refused when the shards or the
+questions were made for another preset or frame count, and each worker's share of the videos);
+each worker streams its own videos' token rows in an order fixed by the seed, so a checkpoint's
+data position resumes exactly. Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running
+with the same ``--out`` and ``--run-name`` resumes; a finished run says so and exits), the trained
+model to ``<out>/model``, ``<out>/summary.json`` when done and conversations without tokens to
 ``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import tempfile
 
@@ -32,14 +37,9 @@ from ray.train.torch import TorchTrainer
 
 from jobs.common import init_ray
 from vlm3r_core import storage
-from vlm3r_core.train_data import (
-    TOKEN_COLUMNS,
-    MicroBatchStream,
-    TrainCollator,
-    join_conversations,
-    plan_training_join,
-)
+from vlm3r_core.train_data import MicroBatchStream, TrainCollator, TrainingData, plan_training_join
 from vlm3r_core.training import (
+    FAIL_AT_STEP_ENV,
     MetricsWindow,
     TrainConfig,
     TrainState,
@@ -47,11 +47,14 @@ from vlm3r_core.training import (
     build_model_for_training,
     check_fault_injection,
     export_model,
+    finished_run,
     load_checkpoint,
     lr_at,
     rank_and_world,
     save_checkpoint,
     train_step,
+    training_model_config,
+    write_run_summary,
 )
 
 FLAG_NAMES = {"qa_uri": "--qa", "tokens_uri": "--tokens", "out_uri": "--out", "use_gpu": "--gpu"}
@@ -89,59 +92,64 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**args)
 
 
-def build_dataset(cfg: TrainConfig) -> ray.data.Dataset:
-    """Token rows streamed from the shards, one row per training conversation of each video."""
-    plan = plan_training_join(cfg.qa_uri, cfg.tokens_uri)
+def plan_data(cfg: TrainConfig) -> TrainingData:
+    """The join of conversations and token shards, split over the workers; records the skipped ones."""
+    plan = plan_training_join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
     if plan.skipped:
         storage.write_jsonl(cfg.skipped_uri, plan.skipped)
         print(f"[train] {len(plan.skipped)} conversations have no tokens, skipped: {cfg.skipped_uri}", flush=True)
     else:
         storage.remove(cfg.skipped_uri)
-    fs, path = storage.pyarrow_filesystem(cfg.tokens_uri)
-    tokens = ray.data.read_parquet(path, filesystem=fs, file_extensions=["parquet"])
-    tokens = tokens.select_columns(["video_id", *TOKEN_COLUMNS])  # pushed down into the read
-    return tokens.map_batches(join_conversations, fn_kwargs={"index": plan.index()}, batch_size=4, num_cpus=0.25)
+    return TrainingData.split(plan, cfg.num_workers, cfg.micro_batch_size)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg = TrainConfig(**config)
+    cfg, data = TrainConfig(**config["train"]), ray.get(config["data"])
     model, processor = build_model_for_training(cfg)
     engine = build_engine(cfg, model)
-    state = TrainState()
+    state, metrics = TrainState(), None
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(engine, directory)
-    stream = MicroBatchStream(ray.train.get_dataset_shard("train"), TrainCollator(processor, cfg.dtype),
-                              cfg.micro_batch_size, cfg.grad_accum_steps, cfg.seed, cfg.shuffle_buffer,
-                              position=(state.epoch, state.batch_in_epoch))
-    window, world_size = MetricsWindow(cfg, engine.device), rank_and_world()[1]
+    rank, world_size = rank_and_world()
+    stream = MicroBatchStream(data, rank, TrainCollator(processor, cfg.dtype), cfg.grad_accum_steps, cfg.seed,
+                              cfg.shuffle_buffer, position=(state.epoch, state.batch_in_epoch))
+    window = MetricsWindow(cfg, engine.device)
     while state.step < cfg.max_steps:
-        check_fault_injection(cfg, state)
+        check_fault_injection(state)
         result = train_step(engine, stream.next_step(), lr_at(cfg, state.step))
         state.advance(result, stream.position, world_size)
         window.add(result, state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(engine, state, directory)
-                ray.train.report(window.metrics(state), checkpoint=Checkpoint.from_directory(directory))
+                metrics = window.metrics(state)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+    stream.close()
     export_model(engine, processor, cfg.model_uri)
+    write_run_summary(cfg, state, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if (done := finished_run(cfg)) is not None:
+        print(f"[train] {cfg.run_name}: already finished at step {done['step']} (max_steps={cfg.max_steps}), "
+              f"nothing to do; model -> {cfg.model_uri} (raise --max-steps to train on)")
+        return 0
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 0)
-    if not cfg.use_gpu and cfg.num_workers * cfg.cpus_per_worker >= cpus:
-        print(f"[train] warning: {cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPU take all {cpus:g} CPUs of the "
-              "cluster and Ray Data needs some to stream the tokens; lower --cpus-per-worker", file=sys.stderr)
+    if not cfg.use_gpu and cfg.num_workers * cfg.cpus_per_worker > cpus:
+        print(f"[train] warning: {cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPU need more than the {cpus:g} "
+              "CPUs of the cluster; they wait for more nodes (lower --cpus-per-worker)", file=sys.stderr)
     try:
-        dataset = build_dataset(cfg)
+        data = plan_data(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"[train] cannot train: {e}", file=sys.stderr)
         return 1
+    fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=dataclasses.asdict(cfg),
+        train_loop_config={"train": dataclasses.asdict(cfg), "data": ray.put(data)},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
@@ -150,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             storage_path=cfg.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
+            worker_runtime_env={"env_vars": {FAIL_AT_STEP_ENV: fault}} if fault else None,
         ),
-        datasets={"train": dataset},
     )
     try:
         result = trainer.fit()
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     m = result.metrics
     if m is None:
-        print(f"[train] {cfg.run_name}: already at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
+        print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")

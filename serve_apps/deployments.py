@@ -6,8 +6,8 @@
   encoded tokens of recent videos are kept in a bounded LRU cache keyed by the SHA-256 of the video
   bytes, so repeated questions about one video run the encoders once.
 - ``LanguageModel``: fusion, projector and LLM (``model.generate``), batching generation across
-  requests; the prompt is built with ``vlm3r_core.prompting.build_user_message`` and the
-  ``PromptConfig`` stored with the model, exactly as in training and evaluation.
+  requests; the prompt is built by ``Vlm3rProcessor.user_message`` with the ``PromptConfig``
+  stored with the model, the call training and evaluation make.
 
 Both load the model named by ``Vlm3rArgs.model`` (a preset name or a ``save_pretrained`` folder or
 URI) and run on the replica's GPU when Ray gave it one, else on CPU. Legend: ``B`` videos in a
@@ -260,7 +260,6 @@ class LanguageModel:
     def __init__(self, args: Vlm3rArgs):
         self.args = args
         self.model, self.processor = load_model(args.model, LANGUAGE_PARTS)
-        self.prompt_config = self.model.config.prompt
         self.stop_ids = {self.processor.eos_token_id, self.processor.pad_token_id}
         self._generate_batch.set_max_batch_size(args.lm_batch_size)
 

@@ -5,8 +5,8 @@
   the sampled frames, its length), from token shards (:func:`contexts_from_tokens`) or from the
   raw video (:func:`context_from_video`, through the model's one encoder path ``encode_frames``).
 - :func:`generation_inputs`: questions + their videos -> the chat text batch, the padded video
-  features and the prompt length as the LLM sees it, with the prompt built by the one prompt
-  builder (:func:`vlm3r_core.prompting.build_user_message`) and the model's own ``PromptConfig``.
+  features and the prompt length as the LLM sees it, with the user turn built by
+  :meth:`Vlm3rProcessor.user_message` (the model's own ``PromptConfig``), the call training makes.
   Batch evaluation (:class:`AnswerQuestions`) and the serving ``LanguageModel`` both call it, so
   an answer does not depend on where the question was asked.
 - :class:`AnswerQuestions`: a Ray Data stage written as a plain callable class (testable without
@@ -28,7 +28,6 @@ import torch
 
 from vlm3r_core.ledger import error_reason
 from vlm3r_core.presets import PRESETS, get_preset
-from vlm3r_core.prompting import build_user_message
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
 from vlm3r_core.vlm import COMPONENTS, TextBatch, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
@@ -110,7 +109,7 @@ def generation_inputs(
         raise ValueError(f"generation_inputs needs as many videos as questions (>= 1), got {len(questions)}, {len(videos)}")
     config = model.config
     messages = [
-        build_user_message(q.question, q.options, timestamps=v.timestamps, duration_s=v.duration_s, config=config.prompt)
+        processor.user_message(q.question, q.options, timestamps=v.timestamps, duration_s=v.duration_s)
         for q, v in zip(questions, videos, strict=True)
     ]
     for v in videos:

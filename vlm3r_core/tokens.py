@@ -55,6 +55,7 @@ __all__ = [
     "read_encoder_info",
     "read_manifest",
     "read_token_table",
+    "read_video_shards",
     "reconcile_manifest",
     "shard_name",
     "token_dir",
@@ -300,6 +301,33 @@ def read_encoder_info(uri: str) -> EncoderInfo:
         return _encoder_of(pq.read_schema(f), shards[0])
 
 
+def _read_shards(uri: str, video_ids: Iterable[str] | None, columns: list[str] | None) -> list[tuple[str, pa.Table]]:
+    """``(shard, table)`` of every shard of a set, checked: one encoder, every video stored once."""
+    shards = list_token_shards(uri)
+    if not shards:
+        raise FileNotFoundError(f"{uri}: no token shards")
+    ids = sorted(set(video_ids)) if video_ids is not None else None
+    if columns is not None and "video_id" not in columns:
+        columns = ["video_id", *columns]
+    out, first, seen = [], None, {}
+    for shard in shards:
+        table = _read_shard(shard, columns, ids)
+        encoder = _encoder_of(table.schema, shard)
+        if first is None:
+            first = (encoder, shard)
+        elif encoder != first[0]:
+            raise ValueError(
+                f"{uri}: mixed encoders: {shard} was made by {encoder.to_json()}, "
+                f"{first[1]} by {first[0].to_json()}"
+            )
+        for vid in table.column("video_id").to_pylist():
+            if vid in seen:
+                raise ValueError(f"{uri}: video {vid!r} is stored twice ({seen[vid]} and {shard})")
+            seen[vid] = shard
+        out.append((shard, table))
+    return out
+
+
 def read_token_table(
     uri: str, video_ids: Iterable[str] | None = None, columns: list[str] | None = None
 ) -> pa.Table:
@@ -318,29 +346,18 @@ def read_token_table(
         ValueError: a shard without encoder metadata, shards from different encoders, or a video
             stored twice; the message names the shards.
     """
-    shards = list_token_shards(uri)
-    if not shards:
-        raise FileNotFoundError(f"{uri}: no token shards")
-    ids = sorted(set(video_ids)) if video_ids is not None else None
-    if columns is not None and "video_id" not in columns:
-        columns = ["video_id", *columns]
-    tables, first, seen = [], None, {}
-    for shard in shards:
-        table = _read_shard(shard, columns, ids)
-        encoder = _encoder_of(table.schema, shard)
-        if first is None:
-            first = (encoder, shard)
-        elif encoder != first[0]:
-            raise ValueError(
-                f"{uri}: mixed encoders: {shard} was made by {encoder.to_json()}, "
-                f"{first[1]} by {first[0].to_json()}"
-            )
-        for vid in table.column("video_id").to_pylist():
-            if vid in seen:
-                raise ValueError(f"{uri}: video {vid!r} is stored twice ({seen[vid]} and {shard})")
-            seen[vid] = shard
-        tables.append(table)
+    tables = [table for _, table in _read_shards(uri, video_ids, columns)]
     return pa.concat_tables(tables).replace_schema_metadata(tables[0].schema.metadata)
+
+
+def read_video_shards(uri: str) -> dict[str, str]:
+    """``{video_id: shard URI}`` of a shard set, from the ``video_id`` column alone (checked as
+    :func:`read_token_table` checks), so a reader can fetch one video from its shard."""
+    return {
+        vid: shard
+        for shard, table in _read_shards(uri, None, ["video_id"])
+        for vid in table.column("video_id").to_pylist()
+    }
 
 
 def iter_video_tokens(table: pa.Table) -> Iterator[VideoTokens]:

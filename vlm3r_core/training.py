@@ -13,8 +13,14 @@ This module holds everything a training worker does, without Ray:
 - The step: :func:`lr_at` (linear warmup then cosine to zero, a pure function of the step) and
   :func:`train_step` (one optimiser step over ``grad_accum_steps`` micro-batches).
 - Checkpoints: :class:`TrainState`, :func:`save_checkpoint` / :func:`load_checkpoint` (DeepSpeed
-  state of every rank, trainable weights only) and :func:`export_model` (``save_pretrained``).
-- :class:`MetricsWindow`: loss, learning rate, samples and tokens per second between reports.
+  state of every rank, trainable weights only, the data position and every rank's random state,
+  so a resumed run repeats the interrupted steps bit for bit) and :func:`export_model`
+  (``save_pretrained``), after which :func:`write_run_summary` marks the run finished
+  (:func:`finished_run`).
+- :class:`MetricsWindow`: loss of every step, learning rate, samples and tokens per second between
+  reports.
+- A test hook, :func:`check_fault_injection`: the environment variable ``VLM3R_TEST_FAIL_AT_STEP``
+  makes every worker fail once, to test recovery.
 
 ``jobs/train.py`` wires these into Ray Train.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -38,12 +45,15 @@ from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
 from vlm3r_core.train_data import TrainBatch
 from vlm3r_core.vlm import COMPONENTS, Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm.checkpoint import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
 DEEPSPEED_CONFIG_DIR = Path(__file__).parent / "configs" / "deepspeed"
 DEEPSPEED_CONFIGS = {2: "zero2.json", 3: "zero3.json"}
 CHECKPOINT_TAG = "deepspeed"
+RNG_DIR = "rng"
+FAIL_AT_STEP_ENV = "VLM3R_TEST_FAIL_AT_STEP"
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,8 @@ class TrainConfig:
         tokens_uri: token shard set ``<root>/tokens/<encoder>`` with ``vision_features``.
         out_uri: run folder: checkpoints under ``<out>/checkpoints/<run_name>``, the exported
             model at ``<out>/model``, the metrics of every checkpoint in ``<out>/metrics.jsonl``,
-            skipped conversations in ``<out>/skipped.jsonl``.
+            skipped conversations in ``<out>/skipped.jsonl``, the finished run in
+            ``<out>/summary.json``.
         preset: model preset (``vlm3r_core.presets``).
         run_name: Ray Train run name; re-running with the same ``out_uri`` and name resumes.
         num_workers: data-parallel training workers.
@@ -71,15 +82,14 @@ class TrainConfig:
         max_grad_norm: gradient clipping by global norm.
         lora_r, lora_alpha, lora_dropout: LoRA on every linear layer of the LLM; None keeps the
             preset's (``vlm3r-7b``: 128, 256, 0.05, the paper's).
-        seed: seeds the LoRA init (same on every rank), dropout and the data shuffle.
-        shuffle_buffer: rows in each worker's local shuffle buffer (0: no shuffle).
+        seed: seeds the LoRA init (same on every rank), dropout and the data order.
+        shuffle_buffer: each worker shuffles its videos, then the conversations within windows
+            of consecutive videos holding at least this many (the window's videos are in memory
+            together); 0: no shuffle.
         checkpoint_every: steps between checkpoints (one is also written at the end).
         keep_checkpoints: checkpoints kept in storage (older ones are deleted).
         max_failures: worker-group restarts from the last checkpoint before the run fails.
         log_every: steps between progress lines of rank 0.
-        fail_at_step: FAULT INJECTION, for tests only: every worker raises ``RuntimeError`` just
-            before this step in an attempt that did not start from a checkpoint. Must be after
-            the first checkpoint, so the restarted attempt resumes and goes past it.
     """
 
     qa_uri: str
@@ -107,7 +117,6 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 3
     log_every: int = 10
-    fail_at_step: int | None = None
 
     def __post_init__(self):
         for name in ("qa_uri", "tokens_uri", "out_uri", "preset", "run_name"):
@@ -123,13 +132,8 @@ class TrainConfig:
             raise ValueError("cpus_per_worker, lr and max_grad_norm must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.weight_decay < 0 or self.shuffle_buffer < 0 or self.max_failures < 0:
-            raise ValueError("weight_decay, shuffle_buffer and max_failures must be >= 0")
-        if self.fail_at_step is not None and not self.checkpoint_every < self.fail_at_step <= self.max_steps:
-            raise ValueError(
-                f"fail_at_step must be after the first checkpoint (step {self.checkpoint_every}) and at most "
-                f"max_steps={self.max_steps}, got {self.fail_at_step}"
-            )
+        if self.weight_decay < 0 or self.shuffle_buffer < 0 or self.max_failures < 0 or self.seed < 0:
+            raise ValueError("weight_decay, shuffle_buffer, max_failures and seed must be >= 0")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,6 +157,10 @@ class TrainConfig:
     @property
     def skipped_uri(self) -> str:
         return storage.join(self.out_uri, "skipped.jsonl")
+
+    @property
+    def summary_uri(self) -> str:
+        return storage.join(self.out_uri, "summary.json")
 
     @property
     def warmup_steps(self) -> int:
@@ -320,7 +328,8 @@ class TrainState:
 
 
 def save_checkpoint(engine, state: TrainState, directory: str) -> None:
-    """Writes this rank's DeepSpeed state (trainable weights, optimiser shard) and the train state.
+    """Writes this rank's DeepSpeed state (trainable weights, optimiser shard), the train state and
+    this rank's random state (dropout) under ``rng/rank-<r>.pt``.
 
     Every rank calls it with its own local folder; Ray Train merges the folders into one
     checkpoint in storage. Frozen weights are not saved (they come from the preset).
@@ -328,22 +337,40 @@ def save_checkpoint(engine, state: TrainState, directory: str) -> None:
     engine.save_checkpoint(
         directory, tag=CHECKPOINT_TAG, client_state={"train_state": asdict(state)}, exclude_frozen_parameters=True
     )
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    path = Path(directory) / RNG_DIR / f"rank-{rank_and_world()[0]}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(rng, path)
 
 
 def load_checkpoint(engine, directory: str) -> TrainState:
-    """Restores weights and optimiser state saved by :func:`save_checkpoint`; returns the train state."""
+    """Restores weights, optimiser state and this rank's random state saved by :func:`save_checkpoint`;
+    returns the train state."""
     path, client_state = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG, load_module_strict=False)
     if path is None or "train_state" not in client_state:
         raise ValueError(f"{directory}: not a training checkpoint (no DeepSpeed state tagged {CHECKPOINT_TAG!r})")
+    rng_path = Path(directory) / RNG_DIR / f"rank-{rank_and_world()[0]}.pt"
+    if rng_path.exists():  # absent when resuming with more workers than saved the checkpoint
+        rng = torch.load(rng_path, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    else:
+        logger.warning("[train] %s: no random state for this rank; dropout will differ from the first run", directory)
     state = TrainState(**client_state["train_state"])
     state.resumed_from_step = state.step
     return state
 
 
-def check_fault_injection(cfg: TrainConfig, state: TrainState) -> None:
-    """FAULT INJECTION (tests only): fails an attempt that started from scratch at ``cfg.fail_at_step``."""
-    if cfg.fail_at_step is not None and state.resumed_from_step is None and state.step + 1 == cfg.fail_at_step:
-        raise RuntimeError(f"fault injection: worker fails before step {cfg.fail_at_step} (TrainConfig.fail_at_step)")
+def check_fault_injection(state: TrainState) -> None:
+    """TEST HOOK: with ``VLM3R_TEST_FAIL_AT_STEP=<n>`` in the workers' environment, an attempt that
+    did not start from a checkpoint fails just before step ``n``, so the worker group restarts
+    from the last checkpoint. Not a setting of the product: tests set it to check recovery."""
+    value = os.environ.get(FAIL_AT_STEP_ENV)
+    if value and state.resumed_from_step is None and state.step + 1 == int(value):
+        raise RuntimeError(f"fault injection: worker fails before step {value} ({FAIL_AT_STEP_ENV})")
 
 
 def export_model(engine, processor: Vlm3rProcessor, uri: str) -> None:
@@ -360,6 +387,31 @@ def export_model(engine, processor: Vlm3rProcessor, uri: str) -> None:
             model.save_pretrained(uri, processor)
     if dist.is_initialized():
         dist.barrier()
+
+
+def write_run_summary(cfg: TrainConfig, state: TrainState, metrics: dict | None) -> None:
+    """Marks the run finished (rank 0, after :func:`export_model`): ``<out>/summary.json``."""
+    if rank_and_world()[0] != 0:
+        return
+    storage.write_json(cfg.summary_uri, {
+        "run_name": cfg.run_name,
+        "step": state.step,
+        "epoch": state.epoch,
+        "samples_seen": state.samples_seen,
+        "tokens_seen": state.tokens_seen,
+        "loss": None if metrics is None else metrics["loss"],
+        "model": cfg.model_uri,
+    })
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The summary of run ``cfg.run_name`` when it already reached ``cfg.max_steps`` and its model
+    was exported (nothing left to do), else None."""
+    if not storage.exists(cfg.summary_uri):
+        return None
+    summary = storage.read_json(cfg.summary_uri)
+    done = summary.get("run_name") == cfg.run_name and summary.get("step", 0) >= cfg.max_steps
+    return summary if done and storage.exists(storage.join(cfg.model_uri, CONFIG_FILE)) else None
 
 
 class MetricsWindow:
@@ -389,20 +441,21 @@ class MetricsWindow:
     def metrics(self, state: TrainState) -> dict:
         """Metrics of the window, averaged (loss) or summed (throughput) over all workers; resets it.
 
-        A collective: every rank must call it at the same step.
+        ``step_losses`` holds the loss of each step of the window (mean over workers), ending
+        with step ``state.step``. A collective: every rank must call it at the same step.
         """
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        totals = torch.tensor(
-            [sum(self.losses), len(self.losses), self.samples, self.tokens], dtype=torch.float64, device=self.device
-        )
+        totals = torch.tensor([self.samples, self.tokens, *self.losses], dtype=torch.float64, device=self.device)
         rank, world = rank_and_world()
         if world > 1:
             dist.all_reduce(totals)
-        loss_sum, n, samples, tokens = totals.tolist()
+        samples, tokens, *loss_sums = totals.tolist()
+        step_losses = [loss / world for loss in loss_sums]
         metrics = {
             "step": state.step,
             "epoch": state.epoch,
-            "loss": loss_sum / max(n, 1),
+            "loss": sum(step_losses) / max(len(step_losses), 1),
+            "step_losses": step_losses,
             "lr": lr_at(self.cfg, state.step - 1),
             "grad_norm": self.grad_norm,
             "samples_per_s": samples / elapsed,
@@ -413,7 +466,7 @@ class MetricsWindow:
             "resumed_from_step": state.resumed_from_step,
         }
         if rank == 0:
-            logger.info("[train] %s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()))
+            logger.info("[train] %s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "step_losses"))
             append_metrics(self.cfg.metrics_uri, metrics)
         self._reset()
         return metrics

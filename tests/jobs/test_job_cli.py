@@ -25,7 +25,7 @@ CASES = [
     (convert_scenes, ["--dataset", "scannet", "--source", "s", "--out", "o", "--frame-stride", "0"],
      "--frame-stride must be >= 1, got 0"),
     (generate_qa, ["--scenes", "s", "--out", "o", "--per-scene-cap", "abc"], "--per-scene-cap 'abc': expected N or TASK=N"),
-    (generate_qa, ["--scenes", "s", "--out", "o", "--num-frames", "0"], "--num-frames must be >= 1, got 0"),
+    (generate_qa, ["--scenes", "s", "--out", "o", "--preset", "giant"], "unknown --preset 'giant'"),
     (generate_qa, ["--out", "o"], "the following arguments are required: --scenes"),
     (generate_qa, ["--scenes", "s", "--out", "o", "--route-planner", "magic"], "argument --route-planner: invalid choice"),
     (precompute_tokens, ["--scenes", "s", "--out", "o", "--num-frames", "0"], "--num-frames must be >= 1, got 0"),

@@ -8,8 +8,10 @@ LLaVA-Video) with ``torch.nn.functional.interpolate`` (bicubic, antialiased) and
 mean = std = 0.5 into [-1, 1]. Both encoders see the original frame resized to their own size (the
 reference up-sampled SigLIP's 384 px tensor to 432 px for CUT3R instead).
 
-Prompts come from the one prompt builder (``vlm3r_core.prompting``): ``build_batch`` renders each
-user message with ``render_chatml`` and supervises only the completion (answer + ``<|im_end|>``).
+Prompts come from the one prompt builder (``vlm3r_core.prompting``): ``user_message`` writes the
+user turn of a question about a video with the model's ``PromptConfig`` (the one call training,
+evaluation and serving make), ``build_batch`` renders each user message with ``render_chatml`` and
+supervises only the completion (answer + ``<|im_end|>``).
 """
 
 from __future__ import annotations
@@ -120,6 +122,25 @@ class Vlm3rProcessor:
         return frame_pixels(videos, self.config.cut3r_image_size, self.config.siglip_image_size if vision else None)
 
     # Text ------------------------------------------------------------------------------------------
+
+    def user_message(
+        self, question: str, options: Sequence[str] = (), *, timestamps: Sequence[float], duration_s: float
+    ) -> str:
+        """The user turn of a question about a video, with this model's ``PromptConfig``.
+
+        Training, evaluation and serving all build their prompts here, so a model sees the same
+        text in all three.
+
+        Args:
+            question: the question sentence.
+            options: multiple-choice options already lettered (``"A. chair"``); empty for numeric.
+            timestamps: seconds of the video's sampled frames (a token row's ``timestamps`` or a
+                decoded video's), for the time line.
+            duration_s: length of the video in seconds.
+        """
+        return prompting.build_user_message(
+            question, options, timestamps=timestamps, duration_s=duration_s, config=self.config.prompt
+        )
 
     def build_batch(self, user_messages: Sequence[str], answers: Sequence[str] | None = None) -> TextBatch:
         """Tokenises user turns (from ``prompting.build_user_message``) into a right-padded batch.

@@ -116,6 +116,8 @@ def test_numeric_rows_and_conversations(scene):
     timestamps = (np.linspace(0, 63, 32, dtype=int) / 10.0).tolist()
     conv = conversation(room, timestamps, 6.4, PromptConfig())
     assert conv["video_id"] == "synthetic/room-a" and conv["video"] == "s3://b/v.mp4"
+    # What training renders its prompt from (with the model's PromptConfig and the token row's times).
+    assert (conv["question"], conv["options"], conv["answer"]) == (room["question"], [], "48.0")
     human, gpt = conv["conversations"]
     assert human["value"].startswith(
         "<image>\nThe video lasts for 6.40 seconds, and 32 frames are uniformly sampled"
@@ -125,8 +127,18 @@ def test_numeric_rows_and_conversations(scene):
     )
     assert gpt == {"from": "gpt", "value": "48.0"}
     order = next(r for r in rows if r["question_type"] == "object_rel_direction_hard")
-    _, gpt = conversation(order, timestamps, 6.4, PromptConfig())["conversations"]
-    assert gpt["value"] == order["mc_answer"] and order["mc_answer"] in "ABCD"
+    conv = conversation(order, timestamps, 6.4, PromptConfig())
+    assert conv["conversations"][1]["value"] == conv["answer"] == order["mc_answer"] and order["mc_answer"] in "ABCD"
+    assert conv["options"] == order["options"] and len(order["options"]) == 4
+
+
+def test_the_frame_count_comes_from_the_model_preset():
+    assert (QAConfig().preset, QAConfig().num_frames) == ("tiny", 32)
+    assert QAConfig(preset="vlm3r-7b", num_frames=32).num_frames == 32
+    with pytest.raises(ValueError, match="num_frames=16 disagrees with preset 'tiny', which samples 32"):
+        QAConfig(num_frames=16)
+    with pytest.raises(ValueError, match="unknown preset 'small'"):
+        QAConfig(preset="small")
 
 
 def test_outputs_manifest_errors_and_resume(tmp_path, scene):
@@ -160,6 +172,7 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
     assert [c["id"] for c in convs] == [r["id"] for r in train]
     manifest = storage.read_json(f"{out}/qa/manifest.json")
     assert manifest["counts"] == summary.counts and manifest["num_failed"] == 1
+    assert (manifest["preset"], manifest["num_frames"]) == ("tiny", 32)
     assert results[2].scene_dir == broken  # the job records it in qa/errors.jsonl (tests/jobs)
 
 
