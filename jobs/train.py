@@ -24,7 +24,6 @@ model to ``<out>/model``, ``<out>/summary.json`` when done and conversations wit
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -35,8 +34,9 @@ import ray.train
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from jobs.common import init_ray
+from jobs.common import RayOptions, connect
 from vlm3r_core import storage
+from vlm3r_core.cli import parse, run_job
 from vlm3r_core.train_data import MicroBatchStream, TrainCollator, TrainingData, plan_training_join
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
@@ -57,39 +57,17 @@ from vlm3r_core.training import (
     write_run_summary,
 )
 
-FLAG_NAMES = {"qa_uri": "--qa", "tokens_uri": "--tokens", "out_uri": "--out", "use_gpu": "--gpu"}
-
-
-def _field_help() -> dict[str, str]:
-    """Each ``TrainConfig`` field's description, from the Args section of its docstring."""
-    helps: dict[str, str] = {}
-    names: list[str] = []
-    for line in TrainConfig.__doc__.split("Args:")[1].splitlines():
-        text = line.strip()
-        head, sep, rest = text.partition(": ")
-        if sep and not line.startswith(" " * 12):  # "name[, name]: text" starts a field
-            names, text = [n.strip() for n in head.split(",")], rest
-        for name in names:
-            helps[name] = f"{helps.get(name, '')} {text}".strip()
-    return helps
+CONFIGS = (TrainConfig, RayOptions)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    helps = _field_help()
-    for field in dataclasses.fields(TrainConfig):
-        flag = FLAG_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", help=helps[field.name])
-            continue
-        required = field.default is dataclasses.MISSING
-        kind = {"str": str, "int": int, "float": float, "int | None": int, "float | None": float}[field.type]
-        parser.add_argument(flag, dest=field.name, type=kind, required=required, default=None if required else field.default,
-                            help=helps[field.name] + ("" if required else " (default: %(default)s)"))
-    args = vars(parser.parse_args(argv))
-    for name in ("qa_uri", "tokens_uri", "out_uri"):  # workers run in their own directory
-        args[name] = storage.absolute(args[name])
-    return TrainConfig(**args)
+    return resolve_paths(parse(argv, *CONFIGS)[0])
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Local paths made absolute on the driver: Ray Train workers run in their own directory."""
+    return dataclasses.replace(cfg, qa_uri=storage.absolute(cfg.qa_uri), tokens_uri=storage.absolute(cfg.tokens_uri),
+                               out_uri=storage.absolute(cfg.out_uri))  # fmt: skip
 
 
 def plan_data(cfg: TrainConfig) -> TrainingData:
@@ -130,22 +108,18 @@ def train_loop_per_worker(config: dict) -> None:
     write_run_summary(cfg, state, metrics)
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
+    cfg = resolve_paths(cfg)
     if (done := finished_run(cfg)) is not None:
         print(f"[train] {cfg.run_name}: already finished at step {done['step']} (max_steps={cfg.max_steps}), "
               f"nothing to do; model -> {cfg.model_uri} (raise --max-steps to train on)")
         return 0
-    init_ray()
+    cfg = dataclasses.replace(cfg, use_gpu=connect(ray_options))
     cpus = ray.cluster_resources().get("CPU", 0)
     if not cfg.use_gpu and cfg.num_workers * cfg.cpus_per_worker > cpus:
         print(f"[train] warning: {cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPU need more than the {cpus:g} "
               "CPUs of the cluster; they wait for more nodes (lower --cpus-per-worker)", file=sys.stderr)
-    try:
-        data = plan_data(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"[train] cannot train: {e}", file=sys.stderr)
-        return 1
+    data = plan_data(cfg)  # a bad join is a ValueError: one "[train] error:" line, exit 1
     fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -173,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("train", argv, CONFIGS, train, __doc__.split("\n", 1)[0])
 
 
 if __name__ == "__main__":

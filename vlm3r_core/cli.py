@@ -151,6 +151,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, path: tuple[str, ...
         if "const" in f.metadata:
             kwargs.update(nargs="?", const=f.metadata["const"])
         kwargs["type"] = _converter(kind)
+        if "choices" not in kwargs:
+            kwargs["metavar"] = f.name.upper()
         if required:
             kwargs["required"] = True
         else:

@@ -34,7 +34,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +92,13 @@ class TrainConfig:
         log_every: steps between progress lines of rank 0.
     """
 
-    qa_uri: str
-    tokens_uri: str
-    out_uri: str
+    qa_uri: str = field(metadata={"flag": "--qa"})
+    tokens_uri: str = field(metadata={"flag": "--tokens"})
+    out_uri: str = field(metadata={"flag": "--out"})
     preset: str = "tiny"
     run_name: str = "vlm3r-lora"
     num_workers: int = 2
-    use_gpu: bool = False
+    use_gpu: bool = field(default=False, metadata={"cli": False})  # from the job's --gpu (RayOptions)
     cpus_per_worker: float = 1.0
     zero_stage: int = 2
     max_steps: int = 1000

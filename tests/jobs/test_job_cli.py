@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import convert_scenes, evaluate, generate_qa, make_scenes, precompute_tokens
+from jobs import convert_scenes, evaluate, generate_qa, make_scenes, precompute_tokens, train
 from vlm3r_core import storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,9 @@ CASES = [
     (evaluate, ["--model", "tiny", "--out", "o"], "the following arguments are required: --benchmark"),
     (evaluate, ["--model", "tiny", "--benchmark", "b", "--out", "o", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (evaluate, ["--model", "tiny", "--benchmark", "b", "--out", "o", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (train, ["--qa", "q", "--tokens", "t"], "the following arguments are required: --out"),
+    (train, ["--qa", "q", "--tokens", "t", "--out", "o", "--zero-stage", "1"], "--zero-stage must be one of [2, 3], got 1"),
+    (train, ["--qa", "q", "--tokens", "t", "--out", "o", "--lr", "fast"], "argument --lr: invalid float value 'fast'"),
 ]  # fmt: skip
 
 
@@ -47,7 +50,7 @@ def test_bad_input_is_one_line_and_exit_1(job, argv, message, capsys):
     assert captured.out == ""
 
 
-@pytest.mark.parametrize("job", [make_scenes, convert_scenes, generate_qa, precompute_tokens, evaluate])
+@pytest.mark.parametrize("job", [make_scenes, convert_scenes, generate_qa, precompute_tokens, train, evaluate])
 def test_help_lists_every_flag_with_its_text(job, capsys):
     with pytest.raises(SystemExit) as e:
         job.main(["--help"])

@@ -19,6 +19,7 @@ import torch
 
 from jobs import train
 from vlm3r_core import storage
+from vlm3r_core.cli import parse
 from vlm3r_core.presets import get_preset
 from vlm3r_core.prompting import build_conversation, build_user_message
 from vlm3r_core.tokens import EncoderInfo, VideoTokens, write_token_shard
@@ -71,15 +72,17 @@ def step_losses(out: str) -> list[float]:
 
 def test_parse_args_maps_every_flag_onto_the_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative local paths are resolved here, not in the workers' directory
-    cfg = train.parse_args(["--qa", "q", "--tokens", "s3://b/t", "--out", "o", "--gpu", "--zero-stage", "3",
-                            "--max-steps", "7", "--lr", "1e-4", "--checkpoint-every", "2"])
+    cfg, ray_options = parse(["--qa", "q", "--tokens", "s3://b/t", "--out", "o", "--gpu", "--zero-stage", "3",
+                              "--max-steps", "7", "--lr", "1e-4", "--checkpoint-every", "2"], *train.CONFIGS)  # fmt: skip
+    cfg = train.resolve_paths(cfg)
     assert (cfg.qa_uri, cfg.tokens_uri, cfg.out_uri) == (f"{tmp_path}/q", "s3://b/t", f"{tmp_path}/o")
-    assert (cfg.use_gpu, cfg.zero_stage) == (True, 3)
+    assert (ray_options.gpu, cfg.zero_stage) == ("on", 3)  # the job sets cfg.use_gpu from the cluster
     assert (cfg.max_steps, cfg.lr, cfg.checkpoint_every, cfg.lora_r) == (7, 1e-4, 2, None)
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="the following arguments are required: --out"):
         train.parse_args(["--qa", "q", "--tokens", "t"])
-    with pytest.raises(SystemExit):  # fault injection is a test hook, not a flag
+    with pytest.raises(ValueError, match="unrecognized arguments: --fail-at-step"):  # a test hook, not a flag
         train.parse_args(["--qa", "q", "--tokens", "t", "--out", "o", "--fail-at-step", "3"])
+    assert train.main(["--qa", "q", "--tokens", "t", "--out", "o", "--zero-stage", "1"]) == 1
 
 
 def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_run_exits(ray_local, tmp_path, capsys):
