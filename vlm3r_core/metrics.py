@@ -46,6 +46,12 @@ NUMERIC_QUESTION_UNITS = {
     "camera_obj_dist_change": "m",
 }
 REL_DIRECTION_LEVELS = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
+# Multiple-choice question types of both benchmarks, by prefix so that the variants
+# (object_rel_direction_easy, camera_movement_direction_v2, obj_obj_relative_pos_lr, ...) count too.
+MULTIPLE_CHOICE_QUESTION_PREFIXES = (
+    "object_rel_distance", "object_rel_direction", "obj_appearance_order", "route_planning",
+    "camera_obj_rel_dist", "camera_movement_direction", "obj_obj_relative_pos",
+)  # fmt: skip
 VSTI_PREFIXES = ("camera_", "obj_obj_relative_pos")
 EXTENDED_BENCHMARK = "vlm3r-ext"
 EXTENDED_QUESTION_TYPES = frozenset(
@@ -68,6 +74,10 @@ BENCHMARKS = ("vsibench", "vstibench", EXTENDED_BENCHMARK)
 
 def is_numeric_question(question_type: str) -> bool:
     return question_type in NUMERIC_QUESTION_UNITS
+
+
+def is_multiple_choice_question(question_type: str) -> bool:
+    return question_type.startswith(MULTIPLE_CHOICE_QUESTION_PREFIXES)
 
 
 def benchmark_of(question_type: str) -> str:

@@ -147,10 +147,14 @@ class Vlm3rOutput:
         logits: (B, L, V) next-token logits over the merged sequence when no labels were given;
             None with labels (only the supervised positions go through the LM head, which saves
             the (B, ~7k, 152k) logits tensor in training).
+        label_logits: (n, V) with labels: the logits that predict the n supervised tokens, row by
+            row and in order within a row (what the loss is computed from; per-token log-probs for
+            reinforcement tuning, ``vlm3r_core.rl``). None without labels.
     """
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
+    label_logits: torch.Tensor | None = None
 
 
 class Vlm3rProjector(nn.Module):
@@ -539,7 +543,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             raise ValueError("labels supervise no token (every label is IGNORE_INDEX)")
         logits = lm.lm_head(hidden[:, :-1][supervised])  # (n_sup, V)
         loss = F.cross_entropy(logits.float(), targets[supervised])
-        return Vlm3rOutput(loss=loss, logits=None)
+        return Vlm3rOutput(loss=loss, logits=None, label_logits=logits)
 
     @torch.no_grad()
     def generate(
@@ -557,7 +561,8 @@ class Vlm3rForConditionalGeneration(nn.Module):
         """Greedy or sampled decoding for a batch of videos of different lengths.
 
         Prompts are re-padded on the left after the video tokens are inserted. Decoding stops at
-        ``<|im_end|>``. ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
+        ``<|im_end|>``; the ``<image>`` placeholder is never generated (an answer holding it could
+        not be fed back to the model). ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
         tokens of every step, after one first call with the (empty) prompt ids (serving streams).
 
         Returns:
@@ -573,6 +578,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             do_sample=do_sample,
             eos_token_id=self.config.text["eos_token_id"],
             pad_token_id=self.config.text["pad_token_id"],
+            suppress_tokens=[self.config.image_token_id],
             streamer=streamer,
             **sampling,
         )
