@@ -14,8 +14,9 @@ Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
 Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running with the same ``--out`` and
-``--run-name`` resumes), the trained model to ``<out>/model`` and conversations without tokens to
-``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
+``--run-name`` resumes), the trained model to ``<out>/model`` with its model card (``README.md``:
+data, steps, batch, hardware, wall time; ``vlm3r_core/model_card.py``) and conversations without
+tokens to ``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
+import time
 
 import ray
 import ray.train
@@ -32,6 +34,7 @@ from ray.train.torch import TorchTrainer
 
 from jobs.common import init_ray
 from vlm3r_core import storage
+from vlm3r_core.model_card import training_provenance, write_provenance
 from vlm3r_core.train_data import (
     TOKEN_COLUMNS,
     MicroBatchStream,
@@ -127,7 +130,30 @@ def train_loop_per_worker(config: dict) -> None:
     export_model(engine, processor, cfg.model_uri)
 
 
+def hardware(cfg: TrainConfig) -> str:
+    """What the workers ran on, for the model card: ``8 x GPU (H100)`` or ``2 x 0.5 CPU``."""
+    if not cfg.use_gpu:
+        return f"{cfg.num_workers} x {cfg.cpus_per_worker:g} CPU"
+    kinds = sorted({k.split(":", 1)[1] for k in ray.cluster_resources() if k.startswith("accelerator_type:")})
+    return f"{cfg.num_workers} x GPU ({', '.join(kinds) or 'type not reported'})"
+
+
+def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float) -> None:
+    """Writes the exported model's provenance and card (a failure here only warns: the model is saved)."""
+    if not storage.exists(storage.join(cfg.model_uri, "config.json")):
+        return
+    try:
+        provenance = training_provenance(
+            dataclasses.asdict(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
+            hardware=hardware(cfg), wall_time_s=wall_time_s,
+        )  # fmt: skip
+        write_provenance(cfg.model_uri, provenance)
+    except (OSError, ValueError) as e:
+        print(f"[train] warning: no model card for {cfg.model_uri}: {e}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     cfg = parse_args(argv)
     init_ray()
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -162,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: already at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
+    record_model(cfg, m, time.monotonic() - started)
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from vlm3r_core import prompting
 from vlm3r_core.fusion import SpatialFusion
@@ -45,8 +52,14 @@ from vlm3r_core.vlm import checkpoint
 from vlm3r_core.vlm.config import BASE_COMPONENTS, COMPONENTS, Vlm3rConfig
 from vlm3r_core.vlm.processor import IGNORE_INDEX, FramePixels
 
-__all__ = ["COMPONENTS", "VideoFeatures", "Vlm3rOutput", "Vlm3rForConditionalGeneration", "Vlm3rProjector"]
-
+__all__ = [
+    "COMPONENTS",
+    "VideoFeatures",
+    "Vlm3rOutput",
+    "Vlm3rForConditionalGeneration",
+    "Vlm3rProjector",
+    "mask_unproducible_logits",
+]
 
 
 @dataclass
@@ -158,6 +171,40 @@ class Vlm3rProjector(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
+
+
+def mask_unproducible_logits(
+    logits: torch.Tensor, vocab_size: int | None, suppress_ids: Sequence[int] = ()
+) -> torch.Tensor:
+    """Sets to -inf the logits of ids generation must never pick: the embedding rows past the
+    tokenizer (``vocab_size``; Qwen2 pads its 151,646 tokens to 152,064 rows, the official loader
+    resizes them away) and input-only tokens (the video placeholder).
+
+    Args:
+        logits: (..., V) next-token logits.
+        vocab_size: number of ids the tokenizer has (``len(tokenizer)``); None keeps all V rows.
+        suppress_ids: further ids never generated.
+
+    Returns:
+        (..., V) logits, a new tensor; the allowed ids keep their values bit for bit.
+    """
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)  # (V,)
+    if vocab_size is not None:
+        mask[vocab_size:] = True
+    ids = [i for i in suppress_ids if 0 <= i < logits.shape[-1]]
+    if ids:
+        mask[torch.tensor(ids, device=logits.device)] = True
+    return logits.masked_fill(mask, float("-inf"))
+
+
+class _MaskUnproducible(LogitsProcessor):
+    """``generate``'s hook for :func:`mask_unproducible_logits`."""
+
+    def __init__(self, vocab_size: int | None, suppress_ids: Sequence[int]):
+        self.vocab_size, self.suppress_ids = vocab_size, tuple(suppress_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return mask_unproducible_logits(scores, self.vocab_size, self.suppress_ids)  # (B, V)
 
 
 @contextlib.contextmanager
@@ -501,12 +548,16 @@ class Vlm3rForConditionalGeneration(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         streamer=None,
+        vocab_size: int | None = None,
+        suppress_ids: Sequence[int] = (),
     ) -> torch.Tensor:
         """Greedy or sampled decoding for a batch of videos of different lengths.
 
         Prompts are re-padded on the left after the video tokens are inserted. Decoding stops at
         ``<|im_end|>``. ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
         tokens of every step, after one first call with the (empty) prompt ids (serving streams).
+        Ids at or past ``vocab_size`` (the tokenizer's length: the LM head's padding rows), the
+        video placeholder and ``suppress_ids`` are never generated (:func:`mask_unproducible_logits`).
 
         Returns:
             (B, L_new) int64 new token ids (``pad_token_id`` after a row's end token).
@@ -522,6 +573,9 @@ class Vlm3rForConditionalGeneration(nn.Module):
             eos_token_id=self.config.text["eos_token_id"],
             pad_token_id=self.config.text["pad_token_id"],
             streamer=streamer,
+            logits_processor=LogitsProcessorList(
+                [_MaskUnproducible(vocab_size, (self.config.image_token_id, *suppress_ids))]
+            ),
             **sampling,
         )
 

@@ -29,6 +29,7 @@ from vlm3r_core.vlm.tokenizer import load_tokenizer
 __all__ = ["FramePixels", "TextBatch", "Vlm3rProcessor", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
+INPUT_ONLY_TOKENS = (prompting.VIDEO_PLACEHOLDER, "<video>")  # placeholders, never generated
 
 
 @dataclass
@@ -98,6 +99,14 @@ class Vlm3rProcessor:
                 f"tokenizer ids (<image>, <|im_end|>, pad) = {(self.placeholder_id, self.eos_token_id, self.pad_token_id)} "
                 f"do not match the config {expected}"
             )
+        vocab = tokenizer.get_vocab()
+        self.input_only_ids = tuple(vocab[t] for t in INPUT_ONLY_TOKENS if t in vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        """The ids the tokenizer has (``len(tokenizer)``); the LLM's LM head may have more rows
+        (Qwen2's padding), which generation never picks."""
+        return len(self.tokenizer)
 
     @classmethod
     def from_config(cls, config: Vlm3rConfig) -> Vlm3rProcessor:
