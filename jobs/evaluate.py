@@ -28,6 +28,7 @@ to the folder's model card (``README.md``). Every flag: ``--help``; exit codes: 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -64,10 +65,10 @@ def answer_on_ray(cfg: EvalConfig, ray_options: RayOptions, rows: Sequence[Bench
 
 
 def evaluate(cfg: EvalConfig, ray_options: RayOptions) -> RunSummary:
-    if cfg.is_endpoint:
+    if cfg.is_endpoint:  # asked from the driver: HTTP requests need no actors
         answer = EndpointAnswerer(cfg.model, cfg.endpoint, cfg.max_new_tokens, cfg.blind)
     else:
-        answer = lambda rows: answer_on_ray(cfg, ray_options, rows)  # noqa: E731
+        answer = functools.partial(answer_on_ray, cfg, ray_options)
     summary, _ = run_evaluation(cfg, answer)
     try:
         if record_evaluation(cfg.model, cfg.out):

@@ -274,7 +274,7 @@ def _origin_section(provenance: dict) -> list[str]:
             ("DeepSpeed", f"ZeRO-{cfg.get('zero_stage')}"),
             ("hardware", provenance.get("hardware")),
             ("wall time", f"{provenance.get('wall_time_s')} s"),
-            ("final loss", _fmt(provenance.get("final_loss"))),
+            ("final loss", "-" if provenance.get("final_loss") is None else f"{provenance['final_loss']:.4f}"),
         ]  # fmt: skip
         return ["## Training", "", f"Trained with `jobs/train.py` (finished {provenance.get('created', '?')}).", "",
                 "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]  # fmt: skip
