@@ -36,7 +36,7 @@ from typing import Literal
 import numpy as np
 
 from vlm3r_core import storage
-from vlm3r_core.endpoint import ENDPOINT_PREFIX, EndpointConfig
+from vlm3r_core.endpoint import ENDPOINT_PREFIX, EndpointConfig, parse_endpoint
 from vlm3r_core.ledger import RunLedger, RunSummary
 from vlm3r_core.metrics import (
     BenchmarkSummary,
@@ -105,8 +105,10 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.is_endpoint and (self.tokens or self.dtype):
-            raise ValueError("tokens and dtype apply to our own model, not to an openai: endpoint")
+        if self.is_endpoint:
+            parse_endpoint(self.model)
+            if self.tokens or self.dtype:
+                raise ValueError("tokens and dtype apply to our own models, not to an openai: endpoint")
 
     @property
     def is_endpoint(self) -> bool:

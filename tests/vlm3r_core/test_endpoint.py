@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.evaluate import main
+from jobs.evaluate import main, parse_args
 from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 from vlm3r_core.endpoint import EndpointAnswerer, EndpointConfig, parse_endpoint
@@ -99,6 +99,9 @@ def test_the_model_spec_names_url_and_model():
     for bad in ("openai:http://host/v1", "openai:#m", "http://host/v1#m"):
         with pytest.raises(ValueError, match="openai:<base_url>#<model_name>"):
             parse_endpoint(bad)
+    assert main(["--model", "openai:127.0.0.1:8000#m", "--benchmark", "b", "--out", "o"]) == 1  # before any work
+    with pytest.raises(ValueError, match="--tokens and --dtype apply to our own models, not to an openai: endpoint"):
+        parse_args(["--model", "openai:http://h/v1#m", "--benchmark", "b", "--out", "o", "--dtype", "float16"])
 
 
 def test_frames_and_the_official_prompt_reach_the_endpoint_and_the_run_resumes(endpoint, benchmark, tmp_path,
