@@ -25,7 +25,7 @@ from serve_apps.openai_protocol import ApiError, fetch_video
 from vlm3r_core import storage
 from vlm3r_core.evaluation import BenchmarkRow, read_benchmark
 from vlm3r_core.point_cloud import scene_point_cloud
-from vlm3r_core.scene import list_scene_dirs, read_scene
+from vlm3r_core.scene import list_scenes, read_scene
 from vlm3r_core.video import jpeg_thumbnail, read_video
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -80,11 +80,10 @@ class DemoCatalog:
         """Lists the videos under ``uri`` (a data root or a folder of videos; None: no videos)."""
         if not uri:
             return cls([])
-        scene_dirs = list_scene_dirs(uri)[:MAX_DEMO_VIDEOS]
-        if scene_dirs:
-            videos = [
-                DemoVideo(id="/".join(d.rstrip("/").split("/")[-2:]), uri=None, scene_dir=d) for d in scene_dirs
-            ]
+        scenes = list_scenes(uri)[:MAX_DEMO_VIDEOS]
+        scene_dirs = [ref.dir for ref in scenes]
+        if scenes:
+            videos = [DemoVideo(id=ref.video_id, uri=None, scene_dir=ref.dir) for ref in scenes]
         else:
             files = [u for u in storage.list_files(uri) if u.lower().endswith(VIDEO_SUFFIXES)][:MAX_DEMO_VIDEOS]
             videos = [DemoVideo(id=posixpath.splitext(posixpath.relpath(u, uri))[0], uri=u) for u in files]

@@ -133,6 +133,7 @@ def _local_answer(model_dir: str, video: bytes, question: str, max_new_tokens: i
         attention_mask=batch.attention_mask,
         features=features,
         max_new_tokens=max_new_tokens,
+        vocab_size=processor.vocab_size,  # generation never picks the LM head's padding rows
     )
     return processor.batch_decode(ids)[0]
 
