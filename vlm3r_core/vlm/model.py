@@ -501,12 +501,15 @@ class Vlm3rForConditionalGeneration(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         streamer=None,
+        stopping_criteria=None,
     ) -> torch.Tensor:
         """Greedy or sampled decoding for a batch of videos of different lengths.
 
         Prompts are re-padded on the left after the video tokens are inserted. Decoding stops at
         ``<|im_end|>``. ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
         tokens of every step, after one first call with the (empty) prompt ids (serving streams).
+        ``stopping_criteria`` (a ``transformers`` ``StoppingCriteriaList``) may end rows early: a
+        row it marks done gets ``pad_token_id`` from then on, and decoding ends when every row is.
 
         Returns:
             (B, L_new) int64 new token ids (``pad_token_id`` after a row's end token).
@@ -522,6 +525,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             eos_token_id=self.config.text["eos_token_id"],
             pad_token_id=self.config.text["pad_token_id"],
             streamer=streamer,
+            stopping_criteria=stopping_criteria,
             **sampling,
         )
 
