@@ -454,7 +454,7 @@ def soak(opts, port: int) -> int:
         print(f"clients that left mid-stream after 3 tokens: {lm.rows_cancelled} rows stopped after "
               f"{min(steps)}-{max(steps)} of 256 decoding steps")
     over_budget = []
-    print("replica memory (peak RSS, MiB): before soak -> after, growth / budget")
+    print("replica memory (peak RSS, MiB): before soak -> after, growth / budget; RSS now")
     for name in deployments:
         growth = after[name].peak_rss_bytes - before[name].peak_rss_bytes
         budget = sum(budgets[name].values())
@@ -463,7 +463,7 @@ def soak(opts, port: int) -> int:
             over_budget.append(name)
             continue
         print(f"  {name:16s} {before[name].peak_rss_bytes / 2**20:7.0f} -> {after[name].peak_rss_bytes / 2**20:7.0f}, "
-              f"+{growth / 2**20:.0f} / {budget / 2**20:.0f}")
+              f"+{growth / 2**20:.0f} / {budget / 2**20:.0f}; {after[name].rss_bytes / 2**20:.0f}")
         if growth > budget:
             over_budget.append(name)
     ok = not failed_good and not wrong and not over_budget

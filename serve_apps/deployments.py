@@ -163,6 +163,10 @@ class LanguageModelStats:
 # the one handed out, at 3 bytes a pixel (10-bit yuv420; 8-bit needs 1.5). Slice threading (PyAV's
 # default) adds no frames.
 DECODER_FRAMES, DECODER_BYTES_PER_PIXEL = 18, 3
+# Resident memory a replica gains from serving at all, whatever the requests: the allocator's
+# arenas and free lists, interpreter objects, first-use buffers (measured on the tiny preset:
+# 35-120 MiB over a soak of 240 requests, most of it in the first requests).
+RUNTIME_SLACK_BYTES = 128 * 2**20
 
 
 def memory_budgets(args: Vlm3rArgs, config) -> dict[str, dict[str, int]]:
@@ -188,10 +192,12 @@ def memory_budgets(args: Vlm3rArgs, config) -> dict[str, dict[str, int]]:
     )
     kv_heads = int(text.get("num_key_value_heads", text["num_attention_heads"]))
     head_dim = width // int(text["num_attention_heads"])
+    slack = {"allocator and runtime slack": RUNTIME_SLACK_BYTES}
     return {
         "Vlm3rIngress": {
             # the body, its parsed JSON (the data URL as a str) and the decoded video: 3 x the bodies held
             "request bodies (3 x max_inflight_body_bytes)": 3 * args.max_inflight_body_bytes,
+            **slack,
         },
         "GeometryEncoder": {
             "video bytes of ongoing requests (16 x max_video_bytes)": queued_videos,
@@ -199,6 +205,7 @@ def memory_budgets(args: Vlm3rArgs, config) -> dict[str, dict[str, int]]:
             * decode,
             "encoder batch (2 x encoder_batch_size x float pixels)": 2 * args.encoder_batch_size * pixels_f32,
             "token cache (token_cache_entries x video features)": args.token_cache_entries * video_features,
+            **slack,
         },
         "LanguageModel": {
             # the arguments of the requests in the replica, and the padded copy of one batch
@@ -212,6 +219,7 @@ def memory_budgets(args: Vlm3rArgs, config) -> dict[str, dict[str, int]]:
             * dtype_bytes,
             # prompt embeddings: the merged rows, the padded batch and the first layer's input
             "prompt embeddings (3 x lm_batch_size x sequence x width)": 3 * args.lm_batch_size * context * width * dtype_bytes,
+            **slack,
         },
     }
 

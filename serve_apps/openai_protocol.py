@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pydantic
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from vlm3r_core import storage
 
@@ -256,6 +257,8 @@ async def read_body(request: Request, max_bytes: int, idle_timeout_s: float, tot
             chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.001))
         except StopAsyncIteration:
             break
+        except ClientDisconnect:
+            raise ApiError(400, f"the client left after {size} bytes of the body", "incomplete_body") from None
         except asyncio.TimeoutError:
             expected = f" of {declared}" if declared is not None else ""
             why = (

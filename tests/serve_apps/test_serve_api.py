@@ -411,8 +411,10 @@ def test_run_isolated_keeps_a_failure_with_its_item():
 
 
 def test_every_setting_passes_as_a_key_value_string():
-    """``serve run serve_apps.app:build_app key=value ...`` hands every value over as a string."""
+    """``serve run serve_apps.app:build_app key=value ...`` hands every value over as a string
+    (the CLI's own parsing, then Serve's typed builder call)."""
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.scripts import convert_args_to_dict
 
     values = {
         "model": "/models/x",
@@ -424,7 +426,8 @@ def test_every_setting_passes_as_a_key_value_string():
     for name, info in Vlm3rArgs.model_fields.items():
         if name not in values:
             values[name] = str(info.default)
-    built = call_user_app_builder_with_args_if_necessary(build_app, values)
+    cli = convert_args_to_dict(tuple(f"{name}={value}" for name, value in values.items()))
+    built = call_user_app_builder_with_args_if_necessary(build_app, cli)
     args = built._bound_deployment.init_args[0]
     assert args.api_keys == ("k1", "k2") and args.allowed_uri_prefixes == ("s3://a/videos/", "s3://b/")
     assert args.video_codecs == ("h264",) and args.max_video_pixels == 2560 * 1440
