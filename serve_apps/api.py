@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_apps.admission import Admission, BodyBudget, check_headers
 from serve_apps.args import API_KEYS_ENV, Vlm3rArgs
 from serve_apps.deployments import (
+    ContextLengthError,
     GenerationOutput,
     GenerationRequest,
     PixelsError,
@@ -125,7 +126,8 @@ def backend_error(e: BaseException, video_param: str | None = None) -> ApiError:
     if isinstance(cause, VideoDecodeError):
         return ApiError(422, str(cause), "undecodable_video", param=video_param)
     if isinstance(cause, PromptError):
-        return ApiError(400, str(cause), "context_length_exceeded", param="messages[0].content")
+        code = "context_length_exceeded" if isinstance(cause, ContextLengthError) else "invalid_prompt"
+        return ApiError(400, str(cause), code, param="messages[0].content")
     if isinstance(cause, PixelsError):
         return ApiError(422, str(cause), "invalid_pixels", param=video_param)
     if isinstance(cause, BackPressureError):  # a model deployment's queue (max_queued_requests) is full

@@ -54,8 +54,12 @@ VideoResolutionError = VideoTooLargeError  # a decoded frame over the pixel limi
 
 
 class PromptError(ValueError):
-    """A question the model cannot take (longer than its context with ``max_new_tokens``, or a
-    prompt without exactly one video placeholder); its request fails alone with a 400."""
+    """A question the model cannot take (e.g. one holding the video placeholder); its request
+    fails alone with a 400."""
+
+
+class ContextLengthError(PromptError):
+    """A prompt that, with ``max_new_tokens``, is longer than the model's context."""
 
 
 class PixelsError(ValueError):
@@ -589,7 +593,7 @@ class LanguageModel:
         except ValueError as e:
             return PromptError(str(e))
         if row.prompt_tokens + row.max_new_tokens > self.context_tokens:
-            return PromptError(
+            return ContextLengthError(
                 f"the model's context is {self.context_tokens} tokens; the prompt is {row.prompt_tokens} "
                 f"and max_tokens is {row.max_new_tokens}"
             )

@@ -787,7 +787,7 @@ def test_poison_rows_in_a_generation_batch_fail_alone(service):
     batched call, so the batch is run again row by row). Each fails alone; the rest answer."""
     import torch
 
-    from serve_apps.deployments import GenerationRequest, PromptError
+    from serve_apps.deployments import ContextLengthError, GenerationRequest, PromptError
 
     encoder, lm = service.handle("GeometryEncoder"), service.handle("LanguageModel")
     video = encoder.encode.remote(service.videos["small"], "small").result(timeout_s=60)
@@ -814,6 +814,7 @@ def test_poison_rows_in_a_generation_batch_fail_alone(service):
             assert outcome.finish_reason in ("stop", "length") and outcome.completion_tokens > 0, outcome
     for i in (1, 3):
         assert isinstance(outcomes[i], PromptError) and poison[i][2] in str(outcomes[i]), outcomes[i]
+    assert isinstance(outcomes[1], ContextLengthError) and not isinstance(outcomes[3], ContextLengthError)
     assert isinstance(outcomes[5], Exception) and not isinstance(outcomes[5], PromptError), outcomes[5]
     after = service.stats("LanguageModel")
     assert after.rows_failed - before.rows_failed == 3
