@@ -39,6 +39,7 @@ class Vlm3rArgs(pydantic.BaseModel):
         max_content_parts: most parts in a message's content (400).
         max_queued_requests: requests that may wait for a GeometryEncoder or LanguageModel
             replica (Serve's ``max_queued_requests``); past it, 429 with Retry-After. -1: no limit.
+            A Serve config's ``deployments:`` entry with its own ``max_queued_requests`` wins.
         decode_concurrency: videos one GeometryEncoder replica decodes at once (each holds its
             decoder's frame buffers).
         default_max_tokens: answer length when a request gives no ``max_tokens``.
