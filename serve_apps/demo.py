@@ -123,13 +123,16 @@ class DemoCatalog:
         return scene_point_cloud(read_scene(video.scene_dir)).to_json()
 
 
-def sampled_frames(video: bytes, num_frames: int, max_frames: int | None, name: str) -> dict:
+def sampled_frames(
+    video: bytes, num_frames: int, max_frames: int | None, name: str, max_pixels: int | None = None
+) -> dict:
     """The frames the model sees (the one sampler, ``num_frames`` of them) as JPEG ``data:`` URLs.
 
     Raises:
-        VideoDecodeError: the bytes are not a decodable video; ``VideoTooLongError`` past ``max_frames``.
+        VideoDecodeError: the bytes are not a decodable video; ``VideoTooLongError`` past
+            ``max_frames``, ``VideoTooLargeError`` past ``max_pixels`` per frame.
     """
-    decoded = read_video(video, num_frames, max_frames, name)
+    decoded = read_video(video, num_frames, max_frames, name, max_pixels=max_pixels)
     return {
         "num_frames": decoded.num_frames,
         "fps": decoded.fps,
@@ -205,4 +208,6 @@ class DemoSite:
         """``POST /demo/frames``: the frames the served model samples from a video."""
         if not video:
             raise ApiError(400, "the request body must be a video", "missing_video")
-        return sampled_frames(video, self.num_frames(), self.args.max_video_frames, "the video")
+        return sampled_frames(
+            video, self.num_frames(), self.args.max_video_frames, "the video", self.args.max_video_pixels
+        )

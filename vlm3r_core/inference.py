@@ -13,6 +13,7 @@
   Batch evaluation (:class:`AnswerQuestions`) and the serving ``LanguageModel`` both call it, so
   an answer does not depend on where the question was asked. :func:`generate` never picks an id
   the tokenizer does not have (the LM head's padding rows) nor the video placeholder.
+  :func:`prompt_length` gives the same length from the frame times alone (no features), for admission checks before decoding.
 - :class:`AnswerQuestions`: a Ray Data stage written as a plain callable class (testable without
   Ray): the constructor loads the model once, each call answers a batch of benchmark rows; a row
   that cannot be answered (unreadable video, missing token row, a prompt that does not fit)
@@ -24,11 +25,12 @@ widths, ``L`` text tokens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from vlm3r_core.ledger import error_reason
 from vlm3r_core.presets import PRESETS, get_preset
@@ -64,6 +66,11 @@ def load_model(
         model.config = model.config.replace(dtype=dtype)
         model.to(DTYPES[dtype])
     return model.to(device).eval(), processor
+
+
+def load_processor(source: str) -> Vlm3rProcessor:
+    """The processor (config and tokenizer) of a preset name or a ``save_pretrained`` URI, without weights."""
+    return Vlm3rProcessor.from_config(get_preset(source)) if source in PRESETS else Vlm3rProcessor.from_pretrained(source)
 
 
 @dataclass(frozen=True)
@@ -150,11 +157,46 @@ def generation_inputs(
     )
 
 
+def prompt_length(
+    processor: Vlm3rProcessor, question: Question, timestamps: Sequence[float], duration_s: float
+) -> int:
+    """The prompt length the LLM sees for ``question`` about a video whose sampled frames are at
+    ``timestamps`` (T of them): the text tokens plus T x ``tokens_per_frame`` video tokens, the
+    ``prompt_tokens`` that :func:`generation_inputs` reports, computed without any features.
+
+    Raises:
+        ValueError: a question the prompt builder refuses (one holding the video placeholder).
+    """
+    config = processor.config
+    message = processor.user_message(question.question, question.options, timestamps=timestamps, duration_s=duration_s)
+    text = processor.build_batch([message])
+    return int(text.attention_mask.sum()) - 1 + len(timestamps) * config.tokens_per_frame
+
+
+class _StopRows(StoppingCriteria):
+    """Ends the rows ``done()`` flags (B,), checked after every decoding step."""
+
+    def __init__(self, done: Callable[[], Sequence[bool]]):
+        self.done = done
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor(list(self.done()), dtype=torch.bool, device=input_ids.device)  # (B,)
+
+
 @torch.inference_mode()
 def generate(
-    model: Vlm3rForConditionalGeneration, inputs: GenerationInputs, max_new_tokens: int, streamer=None
+    model: Vlm3rForConditionalGeneration,
+    inputs: GenerationInputs,
+    max_new_tokens: int,
+    streamer=None,
+    stop_rows: Callable[[], Sequence[bool]] | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding of a batch (as in the official evaluation); returns (B, L_new) new ids."""
+    """Greedy decoding of a batch (as in the official evaluation); returns (B, L_new) new ids.
+
+    ``stop_rows``: called after every step, returns (B,) flags; a flagged row ends there (its
+    later tokens are padding) and decoding ends once every row has (serving: a row whose client
+    left, or that reached its own ``max_tokens``, stops costing steps).
+    """
     device = model.device
     return model.generate(
         input_ids=inputs.text.input_ids.to(device),
@@ -165,6 +207,7 @@ def generate(
         streamer=streamer,
         vocab_size=inputs.vocab_size,
         suppress_ids=inputs.suppress_ids,
+        stopping_criteria=None if stop_rows is None else StoppingCriteriaList([_StopRows(stop_rows)]),
     )
 
 

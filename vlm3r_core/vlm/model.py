@@ -599,6 +599,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         streamer=None,
         vocab_size: int | None = None,
         suppress_ids: Sequence[int] = (),
+        stopping_criteria=None,
     ) -> torch.Tensor:
         """Greedy or sampled decoding for a batch of videos of different lengths.
 
@@ -608,6 +609,8 @@ class Vlm3rForConditionalGeneration(nn.Module):
         Ids at or past ``vocab_size`` (the tokenizer's length: the LM head's padding rows), the
         video placeholder (an answer holding it could not be fed back to the model) and
         ``suppress_ids`` are never generated (:func:`mask_unproducible_logits`).
+        ``stopping_criteria`` (a ``transformers`` ``StoppingCriteriaList``) may end rows early: a
+        row it marks done gets ``pad_token_id`` from then on, and decoding ends when every row is.
 
         Returns:
             (B, L_new) int64 new token ids (``pad_token_id`` after a row's end token).
@@ -626,6 +629,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
             logits_processor=LogitsProcessorList(
                 [_MaskUnproducible(vocab_size, (self.config.image_token_id, *suppress_ids))]
             ),
+            stopping_criteria=stopping_criteria,
             **sampling,
         )
 
