@@ -25,8 +25,9 @@ directly).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
     Raises:
         ValueError: no benchmark rows (or a malformed one: the message names it).
     """
-    rows = read_benchmark(cfg.benchmark, cfg.videos_root, cfg.split)[: cfg.limit]
+    rows = list(islice(iter_benchmark(cfg.benchmark, cfg.videos_root, cfg.split), cfg.limit))
     if not rows:
         raise ValueError(f"no benchmark rows in {cfg.benchmark}")
     with RunLedger("evaluate", cfg.out, "id", manifest_file="answers.jsonl", accept=lambda r: r.get("model") == cfg.model) as ledger:
@@ -143,34 +144,32 @@ class BenchmarkRow:
         return f"{self.dataset}/{self.scene_name}"
 
 
-def _load_records(uri: str) -> list[dict]:
+BENCHMARK_COLUMNS = [
+    "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "mc_answer",
+    "video", "video_path", "frame_indices", "split",
+]  # fmt: skip
+
+
+def _iter_records(uri: str) -> Iterator[dict]:
+    """Records of a parquet file or folder (one row group at a time), a JSON list or JSON lines."""
     if uri.endswith(".parquet") or not uri.endswith((".json", ".jsonl")):
-        table = storage.read_parquet(uri)
-        return table.to_pylist()
+        for table in storage.iter_parquet(uri, BENCHMARK_COLUMNS):
+            yield from table.to_pylist()
+        return
     if uri.endswith(".jsonl"):
-        return storage.read_jsonl(uri)
+        yield from storage.read_jsonl(uri)
+        return
     data = storage.read_json(uri)
     if not isinstance(data, list):
         raise ValueError(f"{uri}: expected a JSON list of benchmark rows, got {type(data).__name__}")
-    return data
+    yield from data
 
 
-def read_benchmark(uri: str, videos_root: str | None = None, split: str | None = None) -> list[BenchmarkRow]:
-    """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
-
-    Args:
-        uri: the benchmark file (or a folder of parquet files).
-        videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
-            (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
-            absolute ``video`` URI (our generated ones) keep it.
-        split: keep only rows of this split (rows without a split are kept).
-
-    Raises:
-        ValueError: a row misses a required field; the message names the row and the field.
-    """
-    root = videos_root or uri.rsplit("/", 1)[0]
-    rows = []
-    for n, r in enumerate(_load_records(uri)):
+def iter_benchmark(uri: str, videos_root: str | None = None, split: str | None = None) -> Iterator[BenchmarkRow]:
+    """Benchmark rows one at a time (:func:`read_benchmark`'s arguments and errors); parquet files
+    and folders of shards (``qa/benchmark/<split>``) are read one row group at a time."""
+    root = videos_root or uri.rstrip("/").rsplit("/", 1)[0]
+    for n, r in enumerate(_iter_records(uri)):
         if split is not None and r.get("split") not in (None, split):
             continue
         missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
@@ -181,21 +180,35 @@ def read_benchmark(uri: str, videos_root: str | None = None, split: str | None =
             video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")
         elif "://" not in video and not video.startswith("/"):
             video = storage.join(root, video)
-        rows.append(
-            BenchmarkRow(
-                id=str(r.get("id", n)),
-                dataset=str(r["dataset"]),
-                scene_name=str(r["scene_name"]),
-                question_type=str(r["question_type"]),
-                question=str(r["question"]),
-                options=tuple(r.get("options") or ()),
-                ground_truth=str(r["ground_truth"]),
-                mc_answer=r.get("mc_answer") or None,
-                video=video,
-                frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
-            )
+        yield BenchmarkRow(
+            id=str(r.get("id", n)),
+            dataset=str(r["dataset"]),
+            scene_name=str(r["scene_name"]),
+            question_type=str(r["question_type"]),
+            question=str(r["question"]),
+            options=tuple(r.get("options") or ()),
+            ground_truth=str(r["ground_truth"]),
+            mc_answer=r.get("mc_answer") or None,
+            video=video,
+            frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
         )
-    return rows
+
+
+def read_benchmark(uri: str, videos_root: str | None = None, split: str | None = None) -> list[BenchmarkRow]:
+    """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
+
+    Args:
+        uri: the benchmark file, or a folder of parquet files (a split of a generated data set:
+            ``qa/benchmark/<split>``; all of ``qa/benchmark`` holds every split).
+        videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
+            (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
+            absolute ``video`` URI (our generated ones) keep it.
+        split: keep only rows of this split (rows without a split are kept).
+
+    Raises:
+        ValueError: a row misses a required field; the message names the row and the field.
+    """
+    return list(iter_benchmark(uri, videos_root, split))
 
 
 def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> list[dict]:
