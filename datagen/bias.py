@@ -570,7 +570,8 @@ def measure_bias(
         map_fn: ``map_fn(fn, items)`` -> ``fn(item)`` for every item, in any order (``map``, or
             the job's Ray map): each pass over the rows runs item by item, the driver only sums
             the partial counts.
-        tolerance: a baseline counts as near chance up to ``chance + tolerance``.
+        tolerance: a baseline counts as near chance up to ``chance + tolerance`` (plus two
+            standard errors of a score at chance on the held-out rows, :meth:`TypeScores.noise`).
         max_rounds: at most this many pruning rounds.
     """
     rounds = BiasRounds(seed)
@@ -585,7 +586,7 @@ def measure_bias(
         biased = {name: s for name, s in scores.types.items() if not s.near_chance(tolerance)}
         if not debias or not biased or r == max_rounds:
             return BiasResult(figures, before if debias else None, rounds, tolerance)
-        # aim at half the tolerance: a share of a bin is kept by a hash, so the result scatters around it
+        # aim at half the tolerance: the share kept is drawn by a hash of the row id, so the result scatters
         thresholds = {name: s.threshold(tolerance / 2) for name, s in biased.items()}
         rounds = BiasRounds(seed, [*rounds.rounds, (model, thresholds)])
     raise AssertionError("unreachable")

@@ -496,7 +496,7 @@ def dataset_card(manifest: dict) -> str:
         "How well a model that never sees the video answers, per question type, on held-out rows "
         f"({bias['held_out']}). `frequency`: the choice most often correct for the type (numeric: "
         "the median answer); `category`: the same per object category; `text`: naive Bayes over the "
-        "question's words. Percent accuracy (multiple choice) or mean relative accuracy (numeric); "
+        "question's words and word pairs. Percent accuracy (multiple choice) or mean relative accuracy (numeric); "
         "chance is 1/choices, and for numeric answers the `frequency` baseline itself; ± is two standard "
         "errors of a score at chance on the held-out rows.",
         "",

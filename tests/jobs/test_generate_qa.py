@@ -154,6 +154,11 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['nonsense'\]"):
         parse_args(["--scenes", "s", "--out", "o", "--tasks", "nonsense"])
     assert dataclasses.replace(cfg.qa, seed=1).fingerprint() != cfg.qa.fingerprint()
+    cfg = parse_args(["--scenes", "s", "--out", "o", "--scenes-per-shard", "64", "--debias", "--debias-tolerance", "0.02"])
+    assert (cfg.dataset.scenes_per_shard, cfg.dataset.debias, cfg.dataset.debias_tolerance) == (64, True, 0.02)
+    assert not parse_args(["--scenes", "s", "--out", "o"]).dataset.debias
+    with pytest.raises(ValueError, match="--scenes-per-shard must be >= 1, got 0"):
+        parse_args(["--scenes", "s", "--out", "o", "--scenes-per-shard", "0"])
 
 
 def test_no_scenes_is_an_error(tmp_path, capsys):
