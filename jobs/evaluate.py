@@ -1,7 +1,7 @@
 """Distributed VSI-Bench / VSTI-Bench evaluation: batch inference on a Ray Data actor pool.
 
     ray job submit -- python jobs/evaluate.py --model s3://bucket/runs/demo/model \\
-        --benchmark s3://bucket/qa/benchmark/val.parquet --tokens s3://bucket/tokens/tiny \\
+        --benchmark s3://bucket/qa/benchmark/val --tokens s3://bucket/tokens/tiny \\
         --out s3://bucket/eval/demo [--num-actors 4] [--gpu]
 
 Also runs as plain ``python jobs/evaluate.py ...`` with a local Ray. ``--model`` is a

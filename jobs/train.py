@@ -3,13 +3,13 @@
 On a cluster::
 
     ray job submit --working-dir . -- python jobs/train.py \\
-        --qa s3://bucket/data/qa/conversations/train.jsonl --tokens s3://bucket/data/tokens/<encoder> \\
+        --qa s3://bucket/data/qa/conversations/train --tokens s3://bucket/data/tokens/<encoder> \\
         --out s3://bucket/runs/vlm3r-lora --preset vlm3r-7b --num-workers 8 --gpu --zero-stage 2 \\
         --max-steps 8000 --grad-accum-steps 16 --lr 2e-5
 
 Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
 
-    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train.jsonl \\
+    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train \\
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 

@@ -49,10 +49,10 @@ class Vlm3rArgs(pydantic.BaseModel):
         encoder_batch_size: most videos encoded together (``@serve.batch``).
         lm_batch_size: most requests generated together (``@serve.batch``).
         demo_videos: videos the demo page (``/demo``) offers: a data root (``scenes/<dataset>/<scene>/``
-            with ``scene.json``; their benchmark questions from ``qa/benchmark/*.jsonl`` and their
+            with ``scene.json``; their benchmark questions from the ``qa/benchmark/`` shards and their
             annotated 3D layout) or a folder of video files; none: the page offers uploads only.
         demo_questions: benchmark rows (parquet/JSON/JSONL) offered with the demo videos, instead
-            of the data root's ``qa/benchmark/*.jsonl``.
+            of the data root's ``qa/benchmark/`` shards.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)

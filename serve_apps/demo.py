@@ -5,9 +5,9 @@ The ingress (``serve_apps/api.py``) serves these under ``/demo``; the page itsel
 (``serve_apps/static/``) is plain HTML, CSS and JavaScript that calls the OpenAI-compatible API.
 
 Demo videos (``Vlm3rArgs.demo_videos``) are either a data root (``<root>/scenes/<dataset>/<scene>/``
-with ``scene.json`` and the video; questions from ``<root>/qa/benchmark/*.jsonl``) or a folder of
+with ``scene.json`` and the video; questions from the shards under ``<root>/qa/benchmark/``) or a folder of
 video files (questions only from ``Vlm3rArgs.demo_questions``). Questions are benchmark rows
-(:func:`vlm3r_core.evaluation.read_benchmark`) matched to a video by its ``video`` URI or by
+(:func:`vlm3r_core.evaluation.iter_benchmark`) matched to a video by its ``video`` URI or by
 ``<dataset>/<scene_name>``.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from serve_apps.args import Vlm3rArgs
 from serve_apps.openai_protocol import ApiError, fetch_video
 from vlm3r_core import storage
-from vlm3r_core.evaluation import BenchmarkRow, read_benchmark
+from vlm3r_core.evaluation import BenchmarkRow, iter_benchmark
 from vlm3r_core.point_cloud import scene_point_cloud
 from vlm3r_core.scene import list_scenes, read_scene
 from vlm3r_core.video import jpeg_thumbnail, read_video
@@ -89,13 +89,18 @@ class DemoCatalog:
             videos = [DemoVideo(id=posixpath.splitext(posixpath.relpath(u, uri))[0], uri=u) for u in files]
         if questions:
             sources = [questions]
-        elif scene_dirs:
-            sources = storage.list_files(storage.join(uri, "qa", "benchmark"), ".jsonl", recursive=False)
+        elif scene_dirs and storage.list_files(storage.join(uri, "qa", "benchmark"), ".parquet"):
+            sources = [storage.join(uri, "qa", "benchmark")]  # every split's shards, streamed
         else:
             sources = []
-        rows = [row for source in sources for row in read_benchmark(source)]
         catalog = cls(videos)
         by_uri = {storage.absolute(v.uri): v for v in videos if v.uri}
+        rows = [
+            row
+            for source in sources
+            for row in iter_benchmark(source)
+            if row.video_id in catalog.videos or storage.absolute(row.video) in by_uri
+        ]
         for row in sorted(rows, key=lambda r: (r.question_type, r.id)):
             video = catalog.videos.get(row.video_id) or by_uri.get(storage.absolute(row.video))
             if video is None:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Literal
 
 import numpy as np
@@ -140,7 +141,7 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
     Raises:
         ValueError: no benchmark rows (or a malformed one: the message names it).
     """
-    rows = read_benchmark(cfg.benchmark, cfg.videos_root, cfg.split, cfg.pruned_ids)[: cfg.limit]
+    rows = list(islice(iter_benchmark(cfg.benchmark, cfg.videos_root, cfg.split, cfg.pruned_ids), cfg.limit))
     if not rows:
         raise ValueError(f"no benchmark rows in {cfg.benchmark}")
     answerer = cfg.answerer
@@ -189,21 +190,64 @@ class BenchmarkRow:
         return f"{self.dataset}/{self.scene_name}"
 
 
-def _load_records(uri: str) -> list[dict]:
+BENCHMARK_COLUMNS = [
+    "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "mc_answer",
+    "video", "video_path", "frame_indices", "split",
+]  # fmt: skip
+
+
+def _iter_records(uri: str) -> Iterator[dict]:
+    """Records of a parquet file or folder (one row group at a time), a JSON list or JSON lines."""
     if uri.endswith(".parquet") or not uri.endswith((".json", ".jsonl")):
-        table = storage.read_parquet(uri)
-        return table.to_pylist()
+        for table in storage.iter_parquet(uri, BENCHMARK_COLUMNS):
+            yield from table.to_pylist()
+        return
     if uri.endswith(".jsonl"):
-        return storage.read_jsonl(uri)
+        yield from storage.read_jsonl(uri)
+        return
     data = storage.read_json(uri)
     if not isinstance(data, list):
         raise ValueError(f"{uri}: expected a JSON list of benchmark rows, got {type(data).__name__}")
-    return data
+    yield from data
 
 
 def read_pruned_ids(uri: str) -> set[str]:
     """VSI-Bench-Debiased's ``pruned_ids.txt``: the ids of the questions Iterative Bias Pruning removed."""
     return {line.strip() for line in storage.read_text(uri).splitlines() if line.strip()}
+
+
+def iter_benchmark(
+    uri: str, videos_root: str | None = None, split: str | None = None, pruned_ids: str | None = None
+) -> Iterator[BenchmarkRow]:
+    """Benchmark rows one at a time (:func:`read_benchmark`'s arguments and errors); parquet files
+    and folders of shards (``qa/benchmark/<split>``) are read one row group at a time."""
+    root = videos_root or uri.rstrip("/").rsplit("/", 1)[0]
+    pruned = read_pruned_ids(pruned_ids) if pruned_ids else None
+    for n, r in enumerate(_iter_records(uri)):
+        if split is not None and r.get("split") not in (None, split):
+            continue
+        missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
+        if missing:
+            raise ValueError(f"{uri}: row {r.get('id', n)} misses {', '.join(missing)}")
+        video = r.get("video") or r.get("video_path")
+        if not video:
+            video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")
+        elif "://" not in video and not video.startswith("/"):
+            video = storage.join(root, video)
+        yield BenchmarkRow(
+            id=str(r.get("id", n)),
+            dataset=str(r["dataset"]),
+            scene_name=str(r["scene_name"]),
+            question_type=str(r["question_type"]),
+            question=str(r["question"]),
+            options=tuple(r.get("options") or ()),
+            ground_truth=str(r["ground_truth"]),
+            mc_answer=r.get("mc_answer") or None,
+            video=video,
+            frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
+            pruned=(str(r.get("id", n)) in pruned) if pruned is not None
+            else (None if r.get("pruned") is None else bool(r["pruned"])),
+        )
 
 
 def read_benchmark(
@@ -212,7 +256,8 @@ def read_benchmark(
     """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
 
     Args:
-        uri: the benchmark file (or a folder of parquet files).
+        uri: the benchmark file, or a folder of parquet files (a split of a generated data set:
+            ``qa/benchmark/<split>``; all of ``qa/benchmark`` holds every split).
         videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
             (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
             absolute ``video`` URI (our generated ones) keep it.
@@ -224,37 +269,7 @@ def read_benchmark(
     Raises:
         ValueError: a row misses a required field; the message names the row and the field.
     """
-    root = videos_root or uri.rsplit("/", 1)[0]
-    pruned = read_pruned_ids(pruned_ids) if pruned_ids else None
-    rows = []
-    for n, r in enumerate(_load_records(uri)):
-        if split is not None and r.get("split") not in (None, split):
-            continue
-        missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
-        if missing:
-            raise ValueError(f"{uri}: row {r.get('id', n)} misses {', '.join(missing)}")
-        video = r.get("video") or r.get("video_path")
-        if not video:
-            video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")
-        elif "://" not in video and not video.startswith("/"):
-            video = storage.join(root, video)
-        rows.append(
-            BenchmarkRow(
-                id=str(r.get("id", n)),
-                dataset=str(r["dataset"]),
-                scene_name=str(r["scene_name"]),
-                question_type=str(r["question_type"]),
-                question=str(r["question"]),
-                options=tuple(r.get("options") or ()),
-                ground_truth=str(r["ground_truth"]),
-                mc_answer=r.get("mc_answer") or None,
-                video=video,
-                frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
-                pruned=(str(r.get("id", n)) in pruned) if pruned is not None
-                else (None if r.get("pruned") is None else bool(r["pruned"])),
-            )
-        )
-    return rows
+    return list(iter_benchmark(uri, videos_root, split, pruned_ids))
 
 
 def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> list[dict]:
