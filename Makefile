@@ -7,6 +7,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
+, := ,
 DATA ?= ./vlm3r-data
 TORCH_VERSION := 2.13.0
 APT_PACKAGES := libusb-1.0-0 libgl1 libegl1 libx11-6 libgomp1 g++ ninja-build
@@ -39,43 +40,37 @@ os-packages:
 browser-packages:
 	$(call apt_install,$(BROWSER_PACKAGES),optional)
 
+# One install step: $(1) its name and expected time, $(2) the pip arguments. pip's own output goes to
+# $(VENV)/install.log (shown when a step fails).
+define pip_step
+	@echo "[install] $(1)"
+	@$(PY) -m pip install -q $(2) >> $(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; exit 1; }
+endef
+
 $(VENV)/.installed: pyproject.toml | os-packages
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $@
+	@echo "[install] 3 steps into $(VENV), about 5-8 minutes on a fresh machine (log: $(VENV)/install.log)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(call pip_step,1/3 pip (seconds),--upgrade pip)
+	$(call pip_step,2/3 torch $(TORCH_VERSION)$(,) CPU wheel (1-2 minutes),torch==$(TORCH_VERSION))
+	$(call pip_step,3/3 the project and its libraries: Ray$(,) transformers$(,) DeepSpeed$(,) PyAV$(,) open3d ... (3-5 minutes),-e '.[dev]')
+	@echo "[install] done: $$($(PY) -c 'import ray, torch, transformers; print(f"torch {torch.__version__}, ray {ray.__version__}, transformers {transformers.__version__}")')"
+	@touch $@
 
 $(TOOLS)/.installed:
-	test -x $(TOOLS)/bin/python || python3 -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install -q --upgrade pip
-	$(TOOLS)/bin/python -m pip install -q 'checkov>=3.2,<4'
-	touch $@
+	@echo "[install] checkov in $(TOOLS) (its pins clash with Ray's; about a minute)"
+	@test -x $(TOOLS)/bin/python || python3 -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install -q --upgrade pip > $(TOOLS)/install.log 2>&1 || { tail -n 30 $(TOOLS)/install.log; exit 1; }
+	@$(TOOLS)/bin/python -m pip install -q 'checkov>=3.2,<4' >> $(TOOLS)/install.log 2>&1 || { tail -n 30 $(TOOLS)/install.log; exit 1; }
+	@touch $@
 
 install: os-packages $(VENV)/.installed $(TOOLS)/.installed
 
-TOKENS = $(DATA)/tokens/tiny-112px-32f-vf
-
-# The whole pipeline on the tiny preset, a local Ray and a local folder ($(DATA)). Every step
-# resumes: re-running `make demo` skips what is already written.
+# The whole pipeline on the tiny preset, a local Ray and a local folder ($(DATA)), one stage after
+# another (jobs/demo.py: a header, a progress bar and a summary line per stage; each stage's full
+# output in $(DATA)/logs/<stage>.log). Every stage resumes: re-running `make demo` skips what is
+# already written.
 demo: os-packages $(VENV)/.installed
-	$(PY) jobs/make_scenes.py --num-scenes 8 --val-fraction 0.25 --out $(DATA) --seed 0
-	$(PY) jobs/generate_qa.py --scenes $(DATA) --out $(DATA) --seed 0
-	$(PY) jobs/precompute_tokens.py --scenes $(DATA) --out $(DATA) --preset tiny --with-vision-features
-	$(PY) jobs/train.py --qa $(DATA)/qa/conversations/train --tokens $(TOKENS) --out $(DATA)/runs/tiny \
-		--preset tiny --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --micro-batch-size 4 --lr 1e-3 \
-		--checkpoint-every 100
-	$(PY) jobs/evaluate.py --model tiny --benchmark $(DATA)/qa/benchmark/val --tokens $(TOKENS) \
-		--out $(DATA)/eval/untrained --title "untrained tiny"
-	$(PY) jobs/evaluate.py --model $(DATA)/runs/tiny/model --benchmark $(DATA)/qa/benchmark/val \
-		--tokens $(TOKENS) --out $(DATA)/eval/trained --title "trained tiny" --baseline $(DATA)/eval/untrained/summary.json
-	$(PY) -m serve_apps.demo_client --model $(DATA)/runs/tiny/model \
-		--video $(DATA)/scenes/synthetic/syn-000003/video.mp4 --question "How many chairs are in this room?"
-	@echo "demo done. Under $(DATA): scenes/synthetic (videos + scene.json), qa/ (benchmark + conversations),"
-	@echo "  tokens/tiny-112px-32f-vf (token shards), runs/tiny/model (trained model),"
-	@echo "  eval/untrained and eval/trained (report.html, summary.md, predictions.jsonl, plots/)"
-	@echo "demo page: $(VENV)/bin/serve run serve_apps.app:build_app model=$(DATA)/runs/tiny/model demo_videos=$(DATA)"
-	@echo "  then open http://127.0.0.1:8000/"
+	@$(PY) jobs/demo.py --data $(DATA)
 
 test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15

@@ -40,7 +40,7 @@ from jobs.common import RayOptions, connect
 from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
 from vlm3r_core.model_card import training_provenance, write_provenance
-from vlm3r_core.train_data import MicroBatchStream, TrainCollator, TrainingData, plan_training_join
+from vlm3r_core.train_data import JoinPlan, MicroBatchStream, TrainCollator, TrainingData, plan_training_join
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
     MetricsWindow,
@@ -73,7 +73,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
                                out_uri=storage.absolute(cfg.out_uri))  # fmt: skip
 
 
-def plan_data(cfg: TrainConfig) -> TrainingData:
+def plan_data(cfg: TrainConfig) -> tuple[TrainingData, JoinPlan]:
     """The join of conversations and token shards, split over the workers; records the skipped ones."""
     plan = plan_training_join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
     if plan.skipped:
@@ -81,7 +81,7 @@ def plan_data(cfg: TrainConfig) -> TrainingData:
         print(f"[train] {len(plan.skipped)} conversations have no tokens, skipped: {cfg.skipped_uri}", flush=True)
     else:
         storage.remove(cfg.skipped_uri)
-    return TrainingData.split(plan, cfg.num_workers, cfg.micro_batch_size)
+    return TrainingData.split(plan, cfg.num_workers, cfg.micro_batch_size), plan
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -119,7 +119,7 @@ def hardware(cfg: TrainConfig) -> str:
     return f"{cfg.num_workers} x GPU ({', '.join(kinds) or 'type not reported'})"
 
 
-def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float) -> None:
+def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float, plan: JoinPlan) -> None:
     """Writes the exported model's provenance and card (a failure here only warns: the model is saved)."""
     if not storage.exists(storage.join(cfg.model_uri, "config.json")):
         return
@@ -127,6 +127,7 @@ def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float) -> 
         provenance = training_provenance(
             dataclasses.asdict(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
             hardware=hardware(cfg), wall_time_s=wall_time_s,
+            conversations_used=len(plan.examples), conversations_skipped=len(plan.skipped),
         )  # fmt: skip
         write_provenance(cfg.model_uri, provenance)
     except (OSError, ValueError) as e:
@@ -145,7 +146,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if not cfg.use_gpu and cfg.num_workers * cfg.cpus_per_worker > cpus:
         print(f"[train] warning: {cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPU need more than the {cpus:g} "
               "CPUs of the cluster; they wait for more nodes (lower --cpus-per-worker)", file=sys.stderr)
-    data = plan_data(cfg)  # a bad join is a ValueError: one "[train] error:" line, exit 1
+    data, plan = plan_data(cfg)  # a bad join is a ValueError: one "[train] error:" line, exit 1
     fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
-    record_model(cfg, m, time.monotonic() - started)
+    record_model(cfg, m, time.monotonic() - started, plan)
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0

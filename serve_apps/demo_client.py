@@ -8,27 +8,39 @@ model the training job saved (``save_pretrained`` folder or URI, or a preset suc
 the video as a base64 data URL, streams the answer to stdout, and stops Serve and Ray.
 """
 
-import argparse
 import base64
 import mimetypes
 import os
 import sys
+from dataclasses import dataclass
 
 from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
+from vlm3r_core.cli import run_job
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", help="save_pretrained folder/URI or preset name")
-    parser.add_argument("--video", required=True, help="video file or URI (mp4, ...)")
-    parser.add_argument("--question", default="How many chairs are in this room?")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class DemoClientConfig:
+    """One question to a locally served model.
+
+    Args:
+        video: video file or URI (mp4, ...).
+        model: ``save_pretrained`` folder/URI or preset name.
+        question: the question (a benchmark question may end with ``\nOptions:\nA. ...``).
+        max_tokens: longest answer, in tokens.
+    """
+
+    video: str
+    model: str = "tiny"
+    question: str = "How many chairs are in this room?"
+    max_tokens: int = 32
+
+    def __post_init__(self):
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(argv)
+def ask(opts: DemoClientConfig) -> int:
     import ray
     from openai import OpenAI
     from ray import serve
@@ -70,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job("demo_client", argv, [DemoClientConfig], ask, __doc__.split("\n", 1)[0],
+                   prog="python -m serve_apps.demo_client")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -233,8 +233,11 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def run_job(job: str, argv: Sequence[str] | None, classes: Sequence[type], body: Callable[..., RunSummary | int],
-            description: str = "") -> int:  # fmt: skip
+            description: str = "", prog: str | None = None) -> int:  # fmt: skip
     """Parses the configs, runs ``body(*configs)`` and turns every ending into one line and a code.
+
+    ``prog`` names the command in ``--help`` (default ``jobs/<job>.py``; a module gives
+    ``python -m <module>``).
 
     ``body`` returns a :class:`RunSummary` (printed as the last line; its ``exit_code`` is the
     job's) or an exit code. Bad arguments and bad input (``ValueError``, missing files, storage
@@ -242,7 +245,7 @@ def run_job(job: str, argv: Sequence[str] | None, classes: Sequence[type], body:
     (``ray.shutdown`` on the way out) and gives 130.
     """
     try:
-        configs = parse(argv, *classes, prog=f"jobs/{job}.py", description=description)
+        configs = parse(argv, *classes, prog=prog or f"jobs/{job}.py", description=description)
     except UsageError as e:
         print(f"[{job}] error: {e}", file=sys.stderr, flush=True)
         return 1

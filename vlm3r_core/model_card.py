@@ -75,7 +75,14 @@ def write_provenance(model_uri: str, provenance: dict) -> None:
 
 
 def training_provenance(
-    train_config: dict, *, steps: int | None, loss: float | None, hardware: str, wall_time_s: float
+    train_config: dict,
+    *,
+    steps: int | None,
+    loss: float | None,
+    hardware: str,
+    wall_time_s: float,
+    conversations_used: int,
+    conversations_skipped: int,
 ) -> dict:
     """The ``provenance.json`` of a model ``jobs/train.py`` exported.
 
@@ -84,13 +91,13 @@ def training_provenance(
         steps: optimiser steps done; loss: the last reported training loss.
         hardware: what trained it, e.g. ``8 x GPU (H100)``.
         wall_time_s: wall time of the training job that finished the run.
+        conversations_used, conversations_skipped: the training join's counts (conversations with
+            a token row, and without one).
     """
     from vlm3r_core.tokens import read_encoder_info, read_token_table
-    from vlm3r_core.train_data import plan_training_join
 
     qa, tokens = train_config["qa_uri"], train_config["tokens_uri"]
     manifest = storage.join(tokens, "manifest.jsonl")
-    plan = plan_training_join(qa, tokens)
     workers, micro, accum = (train_config[k] for k in ("num_workers", "micro_batch_size", "grad_accum_steps"))
     return {
         "kind": "trained",
@@ -101,7 +108,7 @@ def training_provenance(
         "hardware": hardware,
         "wall_time_s": round(wall_time_s, 1),
         "data": {
-            "conversations": {"uri": qa, "used": len(plan.examples), "skipped": len(plan.skipped)},
+            "conversations": {"uri": qa, "used": conversations_used, "skipped": conversations_skipped},
             "tokens": {
                 "uri": tokens,
                 "videos": read_token_table(tokens, columns=["video_id"]).num_rows,

@@ -24,18 +24,19 @@ over the computed one; that is how numeric tasks get one (frequency baselines co
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 
 from vlm3r_core import storage
+from vlm3r_core.cli import run_job
 from vlm3r_core.metrics import (
     REL_DIRECTION_LEVELS,
     BenchmarkSummary,
@@ -461,17 +462,31 @@ def write_html_report(
     return uri
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vlm3r_core.report <eval folder> [--baseline summary.json]``: (re)writes report.html."""
-    p = argparse.ArgumentParser(description="Write report.html for an evaluation folder (predictions.jsonl, summary.json).")
-    p.add_argument("eval_dir", help="folder URI written by jobs/evaluate.py")
-    p.add_argument("--baseline", help="summary.json of another run, shown beside this one")
-    opts = p.parse_args(argv)
-    summary = storage.read_json(storage.join(opts.eval_dir, "summary.json"))
-    baseline = storage.read_json(opts.baseline)["benchmarks"] if opts.baseline else None
-    records = storage.read_jsonl(storage.join(opts.eval_dir, "predictions.jsonl"))
-    print(write_html_report(opts.eval_dir, records, summary["benchmarks"], summary.get("title", ""), baseline))
+@dataclass(frozen=True)
+class ReportConfig:
+    """Which evaluation folder to (re)write ``report.html`` for.
+
+    Args:
+        eval_dir: folder URI written by ``jobs/evaluate.py`` (predictions.jsonl, summary.json).
+        baseline: ``summary.json`` of another run, shown beside this one.
+    """
+
+    eval_dir: str
+    baseline: str | None = None
+
+
+def rewrite_report(cfg: ReportConfig) -> int:
+    summary = storage.read_json(storage.join(cfg.eval_dir, "summary.json"))
+    baseline = storage.read_json(cfg.baseline)["benchmarks"] if cfg.baseline else None
+    records = storage.read_jsonl(storage.join(cfg.eval_dir, "predictions.jsonl"))
+    print(write_html_report(cfg.eval_dir, records, summary["benchmarks"], summary.get("title", ""), baseline))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vlm3r_core.report --eval-dir <folder> [--baseline summary.json]``: (re)writes report.html."""
+    return run_job("report", argv, [ReportConfig], rewrite_report, "Write report.html for an evaluation folder.",
+                   prog="python -m vlm3r_core.report")  # fmt: skip
 
 
 if __name__ == "__main__":
