@@ -42,6 +42,12 @@ _NOT_VIDEO = {
 _FRAME_FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}  # what a pushed frame may be
 
 
+def _unsupported(data: bytes, param: str, otherwise: str, advice: str) -> ApiError:
+    """415 saying what the bytes look like (a PNG, a PDF, ...; else ``otherwise``) and what to send."""
+    what = next((name for magic, name in _NOT_VIDEO.items() if data.startswith(magic)), None)
+    return ApiError(415, f"{param}: the bytes are {what or otherwise}; {advice}", "unsupported_media_type", param=param)
+
+
 def check_headers(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> None:
     """431 when the request's header names and values add up to more than ``max_bytes``."""
     size = sum(len(name) + len(value) for name, value in headers)
@@ -140,13 +146,7 @@ class Admission:
     def check_video(self, data: bytes, param: str) -> VideoProbe:
         """The container (sniffed), then its metadata against the limits; decodes no frame."""
         if sniff_container(data) is None:
-            what = next((name for magic, name in _NOT_VIDEO.items() if data.startswith(magic)), None)
-            raise ApiError(
-                415,
-                f"{param}: the bytes are {what or 'not a video container'}; send an mp4/mov, webm/mkv or avi video",
-                "unsupported_media_type",
-                param=param,
-            )
+            raise _unsupported(data, param, "not a video container", "send an mp4/mov, webm/mkv or avi video")
         try:
             probe = probe_video(data, name=param)
         except VideoDecodeError as e:
@@ -199,13 +199,7 @@ class Admission:
 
         fmt = next((name for magic, name in _FRAME_FORMATS.items() if data.startswith(magic)), None)
         if fmt is None:
-            what = next((name for magic, name in _NOT_VIDEO.items() if data.startswith(magic)), None)
-            raise ApiError(
-                415,
-                f"{param}: the bytes are {what or 'not an image'}; push one JPEG or PNG frame per request",
-                "unsupported_media_type",
-                param=param,
-            )
+            raise _unsupported(data, param, "not an image", "push one JPEG or PNG frame per request")
         try:
             with Image.open(io.BytesIO(data), formats=[fmt]) as image:
                 width, height = image.size

@@ -346,7 +346,7 @@ class Vlm3rIngress:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
         args = self.args
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         declared = declared_body_bytes(request, args.max_body_bytes)
         held = self.body_budget.reserve(args.max_body_bytes if declared is None else declared)
         try:
@@ -358,18 +358,18 @@ class Vlm3rIngress:
 
     @api.post("/v1/sessions", status_code=201)
     async def open_session(self, request: Request) -> JSONResponse:
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         session_id = f"sess_{uuid.uuid4().hex}"
         return JSONResponse(await self._session_call("open_session", session_id, owner), status_code=201)
 
     @api.get("/v1/sessions/{session_id}")
     async def get_session(self, request: Request, session_id: str) -> JSONResponse:
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         return JSONResponse(await self._session_call("session_info", session_id, owner))
 
     @api.delete("/v1/sessions/{session_id}")
     async def close_session(self, request: Request, session_id: str) -> JSONResponse:
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         await self._session_call("close_session", session_id, owner)
         return JSONResponse({"id": session_id, "object": "session", "deleted": True})
 
@@ -378,7 +378,7 @@ class Vlm3rIngress:
         """Body: one JPEG or PNG frame. Query: ``t`` (seconds in the stream; default: since the
         open) and ``duration_s`` (the stream's length so far, when the client knows it)."""
         args = self.args
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         t, duration_s = (_query_seconds(request, name) for name in ("t", "duration_s"))
         _session_id_or_404(session_id)
         declared = declared_body_bytes(request, args.max_frame_bytes)
@@ -392,14 +392,14 @@ class Vlm3rIngress:
 
     @api.get("/v1/sessions/{session_id}/trajectory")
     async def session_trajectory(self, request: Request, session_id: str) -> JSONResponse:
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         return JSONResponse(await self._session_call("session_trajectory", session_id, owner))
 
     @api.get("/v1/sessions/{session_id}/reconstruction")
     async def session_reconstruction(self, request: Request, session_id: str) -> Response:
         """Query: ``format`` ply (default) or glb; ``confidence`` (>= 1) and ``voxel_size`` (m, 0 keeps
         every point) as in ``ReconstructionConfig``."""
-        owner = owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+        owner = self._owner(request)
         fmt = request.query_params.get("format", "ply")
         if fmt not in _MESH_TYPES:
             raise ApiError(400, f"format: {shorten(fmt)!r} is not one of ply, glb", "invalid_value", param="format")
@@ -418,6 +418,10 @@ class Vlm3rIngress:
             media_type=_MESH_TYPES[fmt],
             headers={"Content-Disposition": f'attachment; filename="{session_id}.{fmt}"'},
         )
+
+    def _owner(self, request: Request) -> str:
+        """401 without a valid key; else the owner of the sessions this key opens (``owner_of``)."""
+        return owner_of(authorize(request.headers.get("authorization"), self.api_keys))
 
     async def _session_call(self, method: str, session_id: str, owner: str, *args):
         """One call to the GeometryEncoder replica holding the session (Serve routes by
