@@ -66,7 +66,7 @@ class Vlm3rArgs(pydantic.BaseModel):
             (and at open); a replica loss loses at most N frames. 0: only at open.
         session_min_interval_s: keyframe policy: least time between two state updates (s).
         session_min_interval_frames: keyframe policy: least pushed frames between two updates.
-        session_max_keyframes: keyframe policy: K, keyframes retained for the LLM; none: the
+        session_max_keyframes: keyframe policy: K (>= 2), keyframes retained for the LLM; 0: the
             model's frame count.
         session_points_per_keyframe: keyframe policy: world points kept per keyframe for the 3D
             export (with CUT3R point heads).
@@ -110,7 +110,7 @@ class Vlm3rArgs(pydantic.BaseModel):
     snapshot_every_frames: int = pydantic.Field(default=30, ge=0)
     session_min_interval_s: float = pydantic.Field(default=0.0, ge=0)
     session_min_interval_frames: int = pydantic.Field(default=1, ge=1)
-    session_max_keyframes: int | None = pydantic.Field(default=None, ge=2)
+    session_max_keyframes: int = pydantic.Field(default=0, ge=0)
     session_points_per_keyframe: int = pydantic.Field(default=4096, ge=0)
 
     @pydantic.field_validator("api_keys", "allowed_uri_prefixes", "video_codecs", mode="before")
@@ -132,6 +132,8 @@ class Vlm3rArgs(pydantic.BaseModel):
                 f"max_inflight_body_bytes {self.max_inflight_body_bytes} is less than max_body_bytes "
                 f"{self.max_body_bytes}: no body of the largest size could ever be read"
             )
+        if self.session_max_keyframes == 1:
+            raise ValueError("session_max_keyframes must be 0 (the model's frame count) or >= 2")
         for prefix in self.allowed_uri_prefixes:
             if "://" not in prefix and not prefix.startswith("/"):
                 raise ValueError(
