@@ -17,6 +17,7 @@ and the value:
   will sample (:func:`vlm3r_core.inference.prompt_length`).
 """
 
+import io
 import threading
 from collections.abc import Iterable
 
@@ -38,6 +39,13 @@ _NOT_VIDEO = {
     b"#EXTM3U": "an HLS playlist",
     b"PK\x03\x04": "a zip archive",
 }
+_FRAME_FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}  # what a pushed frame may be
+
+
+def _unsupported(data: bytes, param: str, otherwise: str, advice: str) -> ApiError:
+    """415 saying what the bytes look like (a PNG, a PDF, ...; else ``otherwise``) and what to send."""
+    what = next((name for magic, name in _NOT_VIDEO.items() if data.startswith(magic)), None)
+    return ApiError(415, f"{param}: the bytes are {what or otherwise}; {advice}", "unsupported_media_type", param=param)
 
 
 def check_headers(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> None:
@@ -138,13 +146,7 @@ class Admission:
     def check_video(self, data: bytes, param: str) -> VideoProbe:
         """The container (sniffed), then its metadata against the limits; decodes no frame."""
         if sniff_container(data) is None:
-            what = next((name for magic, name in _NOT_VIDEO.items() if data.startswith(magic)), None)
-            raise ApiError(
-                415,
-                f"{param}: the bytes are {what or 'not a video container'}; send an mp4/mov, webm/mkv or avi video",
-                "unsupported_media_type",
-                param=param,
-            )
+            raise _unsupported(data, param, "not a video container", "send an mp4/mov, webm/mkv or avi video")
         try:
             probe = probe_video(data, name=param)
         except VideoDecodeError as e:
@@ -187,6 +189,31 @@ class Admission:
                 param=param,
             )
         return probe
+
+    # Live-session frames ---------------------------------------------------------------------------
+
+    def check_frame(self, data: bytes, param: str = "body") -> tuple[int, int]:
+        """A pushed frame: JPEG or PNG by its first bytes (415), width x height from its header
+        against ``max_frame_pixels`` (413), unreadable header (422); decodes no pixel. Returns (W, H)."""
+        from PIL import Image, UnidentifiedImageError
+
+        fmt = next((name for magic, name in _FRAME_FORMATS.items() if data.startswith(magic)), None)
+        if fmt is None:
+            raise _unsupported(data, param, "not an image", "push one JPEG or PNG frame per request")
+        try:
+            with Image.open(io.BytesIO(data), formats=[fmt]) as image:
+                width, height = image.size
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ApiError(422, f"{param}: unreadable {fmt} header ({e})", "undecodable_frame", param=param) from None
+        if width * height > self.args.max_frame_pixels:
+            raise ApiError(
+                413,
+                f"{param}: the frame is {width}x{height} = {width * height} pixels, more than the limit of "
+                f"{self.args.max_frame_pixels} (max_frame_pixels)",
+                "frame_resolution_too_large",
+                param=param,
+            )
+        return width, height
 
     # Prompt ----------------------------------------------------------------------------------------
 

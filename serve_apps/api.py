@@ -7,6 +7,12 @@ Routes:
   and text parts with the question. ``stream: true`` answers with server-sent events
   (``chat.completion.chunk`` objects, then ``data: [DONE]``).
 - ``GET /v1/models``: the one served model.
+- ``/v1/sessions``: live sessions (``serve_apps/sessions.py``, state in the ``GeometryEncoder``):
+  ``POST`` opens one, ``POST /v1/sessions/{id}/frames`` pushes a JPEG/PNG frame (query ``t``,
+  ``duration_s``), ``GET``/``DELETE /v1/sessions/{id}``, ``GET .../trajectory`` and ``GET
+  .../reconstruction?format=ply|glb``; a chat request asks about one with the video URL
+  ``session://<id>``. Requests reach the replica holding the session through Serve's model
+  multiplexing (``multiplexed_model_id`` = the session id).
 - ``GET /health``: 200 while the ingress is up (no API key needed).
 - ``GET /`` redirects to ``GET /demo``, the browser demo page (``serve_apps/static/``, files under
   ``/demo/static/``; no API key needed for the page itself). The page calls, with the API key:
@@ -36,7 +42,9 @@ multiple-choice question: the prompt is built exactly as in evaluation
 import asyncio
 import json
 import logging
+import math
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -94,6 +102,17 @@ from serve_apps.openai_protocol import (
     requested_max_tokens,
     shorten,
 )
+from serve_apps.sessions import (
+    FrameError,
+    FrameRateError,
+    FrameTimestampError,
+    SessionLimitError,
+    SessionMovedError,
+    SessionNotFoundError,
+    SessionStateError,
+    owner_of,
+)
+from vlm3r_core.geometry.reconstruction import ReconstructionConfig
 from vlm3r_core.inference import load_processor
 from vlm3r_core.video import VideoDecodeError
 
@@ -137,6 +156,19 @@ def backend_error(e: BaseException, video_param: str | None = None) -> ApiError:
         return ApiError(400, str(cause), code, param="messages[0].content")
     if isinstance(cause, PixelsError):
         return ApiError(422, str(cause), "invalid_pixels", param=video_param)
+    if isinstance(cause, SessionNotFoundError):
+        return ApiError(404, str(cause), "session_not_found")
+    if isinstance(cause, (SessionLimitError, FrameRateError)):
+        code = "too_many_sessions" if isinstance(cause, SessionLimitError) else "rate_limit_exceeded"
+        return ApiError(429, str(cause), code, type="rate_limit_error", retry_after=RETRY_AFTER_S)
+    if isinstance(cause, FrameTimestampError):
+        return ApiError(400, str(cause), "invalid_value", param="t")
+    if isinstance(cause, FrameError):
+        return ApiError(422, str(cause), "undecodable_frame", param="body")
+    if isinstance(cause, SessionStateError):
+        return ApiError(409, str(cause), "session_not_ready")
+    if isinstance(cause, SessionMovedError):
+        return ApiError(503, str(cause), "session_moved", retry_after=RETRY_AFTER_S)
     if isinstance(cause, BackPressureError):  # a model deployment's queue (max_queued_requests) is full
         return ApiError(
             429, f"the service is at capacity ({cause.message}); retry later", "rate_limit_exceeded",
@@ -155,6 +187,43 @@ def backend_error(e: BaseException, video_param: str | None = None) -> ApiError:
         )
     logger.error("request failed: %r", e)
     return ApiError(500, f"internal error ({type(cause).__name__})", "internal_error")
+
+
+# ----------------------------------------------------------------------------------------------
+# Live-session request pieces
+
+SESSION_URI = "session://"  # a chat request's video_url naming a live session: session://<id>
+_SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
+_MESH_TYPES = {"ply": "application/octet-stream", "glb": "model/gltf-binary"}
+
+
+def _session_id_or_404(session_id: str) -> None:
+    """An id this server never makes is not sent to a replica (404 at once)."""
+    if not _SESSION_ID.match(session_id):
+        raise ApiError(404, f"no session {shorten(session_id)!r}", "session_not_found")
+
+
+def _session_uri_id(source: VideoSource) -> str | None:
+    """The session id of a ``session://<id>`` video URL (404 for a malformed id), else None."""
+    if source.uri is None or not source.uri.startswith(SESSION_URI):
+        return None
+    session_id = source.uri[len(SESSION_URI) :]
+    _session_id_or_404(session_id)
+    return session_id
+
+
+def _query_seconds(request: Request, name: str) -> float | None:
+    """A float query parameter (None when absent); 400 when it is not a finite number."""
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name}: {shorten(text)!r} is not a finite number", "invalid_value", param=name)
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,19 +346,104 @@ class Vlm3rIngress:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
         args = self.args
-        authorize(request.headers.get("authorization"), self.api_keys)
+        owner = self._owner(request)
         declared = declared_body_bytes(request, args.max_body_bytes)
         held = self.body_budget.reserve(args.max_body_bytes if declared is None else declared)
         try:
-            return await self._chat_completion(request)
+            return await self._chat_completion(request, owner)
         finally:
             self.body_budget.release(held)
+
+    # ---- live sessions (serve_apps/sessions.py; state in the GeometryEncoder) ----------------
+
+    @api.post("/v1/sessions", status_code=201)
+    async def open_session(self, request: Request) -> JSONResponse:
+        owner = self._owner(request)
+        session_id = f"sess_{uuid.uuid4().hex}"
+        return JSONResponse(await self._session_call("open_session", session_id, owner), status_code=201)
+
+    @api.get("/v1/sessions/{session_id}")
+    async def get_session(self, request: Request, session_id: str) -> JSONResponse:
+        owner = self._owner(request)
+        return JSONResponse(await self._session_call("session_info", session_id, owner))
+
+    @api.delete("/v1/sessions/{session_id}")
+    async def close_session(self, request: Request, session_id: str) -> JSONResponse:
+        owner = self._owner(request)
+        await self._session_call("close_session", session_id, owner)
+        return JSONResponse({"id": session_id, "object": "session", "deleted": True})
+
+    @api.post("/v1/sessions/{session_id}/frames")
+    async def push_frame(self, request: Request, session_id: str) -> JSONResponse:
+        """Body: one JPEG or PNG frame. Query: ``t`` (seconds in the stream; default: since the
+        open) and ``duration_s`` (the stream's length so far, when the client knows it)."""
+        args = self.args
+        owner = self._owner(request)
+        t, duration_s = (_query_seconds(request, name) for name in ("t", "duration_s"))
+        _session_id_or_404(session_id)
+        declared = declared_body_bytes(request, args.max_frame_bytes)
+        held = self.body_budget.reserve(args.max_frame_bytes if declared is None else declared)
+        try:
+            image = await read_body(request, args.max_frame_bytes, args.body_timeout_s, args.body_timeout_s)
+            await asyncio.to_thread(self.admission.check_frame, image)
+            return JSONResponse(await self._session_call("push_frame", session_id, owner, image, t, duration_s))
+        finally:
+            self.body_budget.release(held)
+
+    @api.get("/v1/sessions/{session_id}/trajectory")
+    async def session_trajectory(self, request: Request, session_id: str) -> JSONResponse:
+        owner = self._owner(request)
+        return JSONResponse(await self._session_call("session_trajectory", session_id, owner))
+
+    @api.get("/v1/sessions/{session_id}/reconstruction")
+    async def session_reconstruction(self, request: Request, session_id: str) -> Response:
+        """Query: ``format`` ply (default) or glb; ``confidence`` (>= 1) and ``voxel_size`` (m, 0 keeps
+        every point) as in ``ReconstructionConfig``."""
+        owner = self._owner(request)
+        fmt = request.query_params.get("format", "ply")
+        if fmt not in _MESH_TYPES:
+            raise ApiError(400, f"format: {shorten(fmt)!r} is not one of ply, glb", "invalid_value", param="format")
+        defaults = ReconstructionConfig()
+        confidence, voxel = (_query_seconds(request, name) for name in ("confidence", "voxel_size"))
+        try:
+            config = ReconstructionConfig(
+                confidence_threshold=defaults.confidence_threshold if confidence is None else confidence,
+                voxel_size_m=defaults.voxel_size_m if voxel is None else voxel,
+            )
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_value", param="confidence/voxel_size") from None
+        data = await self._session_call("session_reconstruction", session_id, owner, fmt, config)
+        return Response(
+            data,
+            media_type=_MESH_TYPES[fmt],
+            headers={"Content-Disposition": f'attachment; filename="{session_id}.{fmt}"'},
+        )
+
+    def _owner(self, request: Request) -> str:
+        """401 without a valid key; else the owner of the sessions this key opens (``owner_of``)."""
+        return owner_of(authorize(request.headers.get("authorization"), self.api_keys))
+
+    async def _session_call(self, method: str, session_id: str, owner: str, *args):
+        """One call to the GeometryEncoder replica holding the session (Serve routes by
+        ``multiplexed_model_id``), its errors as API errors."""
+        _session_id_or_404(session_id)
+        handle = self.encoder.options(multiplexed_model_id=session_id)
+        response = getattr(handle, method).remote(session_id, owner, *args)
+        try:
+            return await asyncio.wait_for(response, self.args.request_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise self._timeout() from None
+        except ApiError:
+            raise
+        except Exception as e:
+            raise backend_error(e) from None
 
     async def stats(self) -> IngressStats:
         """This replica's memory and request bodies held (through a handle: ``ingress.stats.remote()``)."""
         return IngressStats(memory=replica_memory(), body_bytes_held=self.body_budget.held)
 
-    async def _chat_completion(self, request: Request) -> JSONResponse | StreamingResponse:
+    async def _chat_completion(self, request: Request, owner: str) -> JSONResponse | StreamingResponse:
         args = self.args
         body = await read_body(
             request, args.max_body_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
@@ -309,15 +463,18 @@ class Vlm3rIngress:
         include_usage = chat.stream_options is not None and chat.stream_options.include_usage
         del chat  # the parsed body, video data URL included
         await asyncio.to_thread(self.admission.check_text, query)
-        video = await self._video_bytes(query.video)
-        probe = await asyncio.to_thread(self.admission.check_video, video, query.video.param)
-        await asyncio.to_thread(self.admission.check_prompt, query, probe, max_new_tokens)
         generation = GenerationRequest(
             question=query.question, options=query.options, max_new_tokens=max_new_tokens
         )
-        encoded = self.encoder.encode.remote(
-            video, query.video.param
-        )  # chained: features go encoder -> LM directly
+        session_id = _session_uri_id(query.video)
+        if session_id is not None:  # a live session: what it has seen so far; the LM checks the prompt
+            encoded = self.encoder.options(multiplexed_model_id=session_id).session_context.remote(session_id, owner)
+        else:
+            video = await self._video_bytes(query.video)
+            probe = await asyncio.to_thread(self.admission.check_video, video, query.video.param)
+            await asyncio.to_thread(self.admission.check_prompt, query, probe, max_new_tokens)
+            encoded = self.encoder.encode.remote(video, query.video.param)
+        # chained: features go encoder -> LM directly
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if stream_requested:
             stream = self.language_model.options(stream=True).generate_stream.remote(generation, encoded)

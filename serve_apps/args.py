@@ -53,6 +53,23 @@ class Vlm3rArgs(pydantic.BaseModel):
             annotated 3D layout) or a folder of video files; none: the page offers uploads only.
         demo_questions: benchmark rows (parquet/JSON/JSONL) offered with the demo videos, instead
             of the data root's ``qa/benchmark/`` shards.
+        storage_uri: the app's storage (a folder, ``file://`` or ``s3://bucket/prefix``): live-session
+            snapshots go under ``sessions/<id>/``; none: sessions are not snapshotted (lost with
+            their replica).
+        max_sessions_per_replica: live sessions one ``GeometryEncoder`` replica holds (429 at open).
+        session_ttl_s: a session idle this long expires (404 afterwards); ``DELETE`` closes it at once.
+        max_session_fps: frames one session may push in any 1-second window (429 + Retry-After).
+        max_frame_bytes: largest pushed frame (JPEG/PNG bytes) (413).
+        max_frame_pixels: largest width x height of a pushed frame, read from the image header
+            before decoding (413).
+        snapshot_every_frames: N: a session is snapshotted to ``storage_uri`` every N pushed frames
+            (and at open); a replica loss loses at most N frames. 0: only at open.
+        session_min_interval_s: keyframe policy: least time between two state updates (s).
+        session_min_interval_frames: keyframe policy: least pushed frames between two updates.
+        session_max_keyframes: keyframe policy: K (>= 2), keyframes retained for the LLM; 0: the
+            model's frame count.
+        session_points_per_keyframe: keyframe policy: world points kept per keyframe for the 3D
+            export (with CUT3R point heads).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -84,6 +101,17 @@ class Vlm3rArgs(pydantic.BaseModel):
     lm_batch_size: int = pydantic.Field(default=8, gt=0)
     demo_videos: str | None = None
     demo_questions: str | None = None
+    storage_uri: str | None = None
+    max_sessions_per_replica: int = pydantic.Field(default=8, gt=0)
+    session_ttl_s: float = pydantic.Field(default=600.0, gt=0)
+    max_session_fps: float = pydantic.Field(default=30.0, gt=0)
+    max_frame_bytes: int = pydantic.Field(default=8 * 2**20, gt=0)
+    max_frame_pixels: int = pydantic.Field(default=2560 * 1440, gt=0)
+    snapshot_every_frames: int = pydantic.Field(default=30, ge=0)
+    session_min_interval_s: float = pydantic.Field(default=0.0, ge=0)
+    session_min_interval_frames: int = pydantic.Field(default=1, ge=1)
+    session_max_keyframes: int = pydantic.Field(default=0, ge=0)
+    session_points_per_keyframe: int = pydantic.Field(default=4096, ge=0)
 
     @pydantic.field_validator("api_keys", "allowed_uri_prefixes", "video_codecs", mode="before")
     @classmethod
@@ -104,6 +132,8 @@ class Vlm3rArgs(pydantic.BaseModel):
                 f"max_inflight_body_bytes {self.max_inflight_body_bytes} is less than max_body_bytes "
                 f"{self.max_body_bytes}: no body of the largest size could ever be read"
             )
+        if self.session_max_keyframes == 1:
+            raise ValueError("session_max_keyframes must be 0 (the model's frame count) or >= 2")
         for prefix in self.allowed_uri_prefixes:
             if "://" not in prefix and not prefix.startswith("/"):
                 raise ValueError(

@@ -30,6 +30,7 @@ import hashlib
 import os
 import resource
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +43,21 @@ import torch
 from ray import serve
 from transformers.generation.streamers import BaseStreamer
 
+from serve_apps import sessions as live_sessions
 from serve_apps.args import Vlm3rArgs
+from serve_apps.sessions import (
+    FrameTimestampError,
+    HeldSession,
+    SessionLimitError,
+    SessionMovedError,
+    SessionNotFoundError,
+    SessionRecord,
+    SessionStateError,
+)
 from vlm3r_core import inference
+from vlm3r_core.geometry.reconstruction import ReconstructionConfig, encode_glb, write_ply
 from vlm3r_core.inference import Question, VideoContext, generation_inputs, prompt_length
+from vlm3r_core.live import KeyframePolicy, LiveSession
 from vlm3r_core.video import VideoTooLargeError, VideoTooLongError, read_video
 from vlm3r_core.vlm import FramePixels, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
@@ -139,6 +152,8 @@ class EncoderStats:
     items_failed: int = 0  # batch items answered with an error (each alone)
     items_retried_alone: int = 0  # items run again one by one after their batch failed
     recent_batches: list[tuple[int, int]] = field(default_factory=list)  # (items, items failed), last 32
+    sessions: int = 0  # live sessions held now
+    sessions_resumed: int = 0  # sessions this replica loaded from a snapshot (another replica had them)
     memory: ReplicaMemory | None = None
 
 
@@ -257,6 +272,16 @@ def run_isolated(run: Callable[[list[T]], list[R]], items: list[T]) -> tuple[lis
     return out, True
 
 
+def _ply_bytes(cloud) -> bytes:
+    """``write_ply`` into a temporary folder, read back (open3d writes local files only)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "points.ply")
+        write_ply(cloud, path)
+        return Path(path).read_bytes()
+
+
 # ----------------------------------------------------------------------------------------------
 # Model loading
 
@@ -324,6 +349,16 @@ class GeometryEncoder:
         self._decode_slots = asyncio.Semaphore(args.decode_concurrency)
         self._stats = EncoderStats(replica_actor=_replica_actor(), pid=os.getpid())
         self._encode_batch.set_max_batch_size(args.encoder_batch_size)
+        # Live sessions (serve_apps/sessions.py): held here, reached through Serve's model
+        # multiplexing by session id (``_session``).
+        self.policy = KeyframePolicy(
+            min_interval_s=args.session_min_interval_s,
+            min_interval_frames=args.session_min_interval_frames,
+            max_keyframes=args.session_max_keyframes or config.num_frames,
+            points_per_keyframe=args.session_points_per_keyframe,
+        )
+        self.sessions: dict[str, HeldSession] = {}
+        self._opening: dict[str, SessionRecord] = {}
 
     async def encode(self, video: bytes, name: str) -> EncodedVideo:
         """Encodes a video (or returns its cached tokens).
@@ -428,8 +463,168 @@ class GeometryEncoder:
         # Copies, not views: a pickled view would carry (and the cache would keep) the whole batch.
         return [feats.video(b) for b in range(len(pixels))]  # B x (1, T, ...)
 
+    # ---- live sessions ---------------------------------------------------------------------
+
+    @serve.multiplexed(max_num_models_per_replica=4096)
+    async def _session(self, session_id: str) -> HeldSession:
+        """The session's copy in this replica: made at open, else loaded from its snapshot (another
+        replica held it and is gone). Serve routes requests carrying ``multiplexed_model_id`` to a
+        replica that has loaded that id; the sessions-per-replica limit is ours (checked at open),
+        the decorator's own limit only evicts sessions already closed or idle."""
+        held = self.sessions.get(session_id)
+        if held is not None:
+            return held
+        record = self._opening.pop(session_id, None)
+        if record is not None:  # a new session
+            held = HeldSession(record, LiveSession(self.model, self.policy, session_id))
+            if self.args.storage_uri:
+                await asyncio.to_thread(live_sessions.write_snapshot, self.args.storage_uri, held)
+        else:
+            held = await self._resume(session_id)
+        self.sessions[session_id] = held
+        return held
+
+    async def _resume(self, session_id: str) -> HeldSession:
+        uri = self.args.storage_uri
+        record = None if uri is None else await asyncio.to_thread(live_sessions.read_record, uri, session_id)
+        if record is None:
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        if record.expired(time.time()):
+            await asyncio.to_thread(live_sessions.remove_session, uri, session_id)
+            raise SessionNotFoundError(f"no session {session_id!r} (it expired)")
+        live = await asyncio.to_thread(
+            LiveSession.load, self.model, live_sessions.read_snapshot_uri(uri, session_id)
+        )
+        record.epoch += 1  # this replica takes the session over; an older copy elsewhere drops itself
+        await asyncio.to_thread(live_sessions.write_record, uri, record)
+        self._stats.sessions_resumed += 1
+        return HeldSession(record, live)
+
+    async def _held(self, session_id: str, owner: str) -> HeldSession:
+        """The session for its owner (404 for anyone else, closed or expired), still ours (503 when
+        another replica took it over)."""
+        if serve.get_multiplexed_model_id() != session_id:
+            raise ValueError("session requests must carry multiplexed_model_id=<session id>")
+        held = await self._session(session_id)
+        now = time.time()
+        if held.closed or held.record.owner != owner:
+            raise SessionNotFoundError(f"no session {session_id!r}")
+        if held.record.expired(now):
+            await self._drop(held, remove=True)
+            raise SessionNotFoundError(f"no session {session_id!r} (it expired)")
+        if self.args.storage_uri:
+            stored = await asyncio.to_thread(live_sessions.read_record, self.args.storage_uri, session_id)
+            if stored is not None and stored.epoch > held.record.epoch:
+                await self._drop(held, remove=False)
+                raise SessionMovedError(f"session {session_id!r} moved to another replica; retry")
+        held.record.last_active = now
+        return held
+
+    async def _drop(self, held: HeldSession, remove: bool) -> None:
+        """Frees a session here (and its stored snapshot when ``remove``); Serve stops routing it here."""
+        held.closed, held.live = True, None
+        self.sessions.pop(held.record.id, None)
+        wrapper = getattr(self, "__serve_multiplex_wrapper", None)  # Serve 2.x's per-replica model cache
+        if wrapper is not None and wrapper.models.pop(held.record.id, None) is not None:
+            wrapper._push_multiplexed_replica_info = True
+        if remove and self.args.storage_uri:
+            await asyncio.to_thread(live_sessions.remove_session, self.args.storage_uri, held.record.id)
+
+    async def _expire_idle(self) -> None:
+        now = time.time()
+        for held in [h for h in self.sessions.values() if h.record.expired(now)]:
+            await self._drop(held, remove=True)
+
+    async def open_session(self, session_id: str, owner: str) -> dict:
+        """A new session (call with ``multiplexed_model_id=session_id``).
+
+        Raises:
+            SessionLimitError: the replica holds ``max_sessions_per_replica`` sessions.
+        """
+        await self._expire_idle()
+        if len(self.sessions) + len(self._opening) >= self.args.max_sessions_per_replica:
+            raise SessionLimitError(
+                f"this replica holds {len(self.sessions)} live sessions, the limit "
+                f"(max_sessions_per_replica={self.args.max_sessions_per_replica}); close one or retry later"
+            )
+        now = time.time()
+        self._opening[session_id] = SessionRecord(session_id, owner, now, self.args.session_ttl_s, now)
+        try:
+            held = await self._held(session_id, owner)
+        finally:
+            self._opening.pop(session_id, None)
+        return held.info()
+
+    async def push_frame(
+        self, session_id: str, owner: str, image: bytes, t: float | None, duration_s: float | None
+    ) -> dict:
+        """Decodes one JPEG/PNG frame and pushes it; snapshots every ``snapshot_every_frames`` frames.
+        The rate limit is checked before decoding."""
+        held = await self._held(session_id, owner)
+        held.admit_frame(self.args.max_session_fps, time.monotonic())
+        frame = await asyncio.to_thread(live_sessions.decode_frame, image, session_id)  # (H, W, 3)
+        async with held.lock:
+            if held.closed:
+                raise SessionNotFoundError(f"no session {session_id!r}")
+            timestamp = live_sessions.frame_timestamp(t, held.record)
+            try:
+                result = await asyncio.to_thread(held.live.push, frame, timestamp)
+            except ValueError as e:  # a timestamp before the previous frame's
+                raise FrameTimestampError(f"session {session_id}: {e}") from None
+            if duration_s is not None:
+                held.record.duration_s = float(duration_s)
+            every = self.args.snapshot_every_frames
+            if self.args.storage_uri and every and held.live.num_pushed % every == 0:
+                await asyncio.to_thread(live_sessions.write_snapshot, self.args.storage_uri, held)
+        return {
+            **held.info(),
+            "object": "session.frame",
+            "frame_index": result.frame_index,
+            "updated": result.updated,
+            "timestamp_s": timestamp,
+        }
+
+    async def session_info(self, session_id: str, owner: str) -> dict:
+        return (await self._held(session_id, owner)).info()
+
+    async def close_session(self, session_id: str, owner: str) -> None:
+        held = await self._held(session_id, owner)
+        await self._drop(held, remove=True)
+
+    async def session_context(self, session_id: str, owner: str) -> EncodedVideo:
+        """What the LanguageModel needs to answer about what the session has seen so far (features on
+        the CPU), the same ``VideoContext`` the offline path gives for those frames."""
+        held = await self._held(session_id, owner)
+        async with held.lock:
+            if not held.live.keyframes:
+                raise SessionStateError(f"session {session_id} has no frame yet: push a frame first")
+            live = held.live.features(duration_s=held.duration_s())
+        return EncodedVideo(features=live.features.to("cpu"), timestamps=live.timestamps, duration_s=live.duration_s)
+
+    async def session_trajectory(self, session_id: str, owner: str) -> dict:
+        held = await self._held(session_id, owner)
+        try:
+            return held.live.trajectory().to_json()
+        except ValueError as e:
+            raise SessionStateError(f"session {session_id}: {e}") from None
+
+    async def session_reconstruction(
+        self, session_id: str, owner: str, fmt: str, config: ReconstructionConfig
+    ) -> bytes:
+        """The point cloud of the session's keyframes as PLY or GLB bytes."""
+        held = await self._held(session_id, owner)
+        async with held.lock:
+            try:
+                cloud = (await asyncio.to_thread(held.live.reconstruct, config)).cloud
+            except ValueError as e:  # no keyframe, no point heads, no confident point
+                raise SessionStateError(f"session {session_id}: {e}") from None
+        if fmt == "glb":
+            return encode_glb(cloud)
+        return await asyncio.to_thread(_ply_bytes, cloud)
+
     async def stats(self) -> EncoderStats:
         self._stats.cache_entries = len(self.cache)
+        self._stats.sessions = len(self.sessions)
         self._stats.memory = replica_memory()
         return self._stats
 

@@ -209,10 +209,11 @@ _DATA_URL = re.compile(
 _OPTION_LINE = re.compile(r"^[A-Z]\.\s")
 
 
-def authorize(authorization: str | None, api_keys: frozenset[str]) -> None:
-    """Raises 401 unless ``Authorization: Bearer <key>`` holds one of ``api_keys`` (none: open)."""
+def authorize(authorization: str | None, api_keys: frozenset[str]) -> str | None:
+    """Raises 401 unless ``Authorization: Bearer <key>`` holds one of ``api_keys`` (none: open);
+    returns the accepted key (None on an open server)."""
     if not api_keys:
-        return
+        return None
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -224,6 +225,7 @@ def authorize(authorization: str | None, api_keys: frozenset[str]) -> None:
         )
     if not any(hmac.compare_digest(token.encode(), key.encode()) for key in api_keys):
         raise ApiError(401, "invalid API key", "invalid_api_key", type="authentication_error")
+    return token
 
 
 def declared_body_bytes(request: Request, max_bytes: int) -> int | None:
