@@ -102,7 +102,8 @@ def is_numeric_question(question_type: str) -> bool:
 
 
 def is_multiple_choice_question(question_type: str) -> bool:
-    return question_type.startswith(MULTIPLE_CHOICE_QUESTION_PREFIXES)
+    """Both benchmarks' multiple-choice types (and their variants) and every extended type."""
+    return question_type in EXTENDED_QUESTION_TYPES or question_type.startswith(MULTIPLE_CHOICE_QUESTION_PREFIXES)
 
 
 def benchmark_of(question_type: str) -> str:

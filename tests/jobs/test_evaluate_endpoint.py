@@ -91,7 +91,7 @@ def test_the_job_evaluates_our_serve_app_through_its_openai_endpoint(served, tmp
     for r in rows[:4]:
         assert predictions[r["id"]]["prediction"] == local.answer([r])[0][0], r["id"]
     errors = storage.read_jsonl(out + "/errors.jsonl")
-    assert [e["id"] for e in errors] == ["q4"] and "HTTP 422 (undecodable_video)" in errors[0]["error"]
+    assert [e["id"] for e in errors] == ["q4"] and "HTTP 415 (unsupported_media_type)" in errors[0]["error"]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(summary["benchmarks"]) == {"vsibench", "vstibench"} and summary["num_questions"] == 5
     assert summary["chance_levels"]["vstibench"]["chance"]["tasks"]["camera_movement_direction"] == 50.0

@@ -424,7 +424,7 @@ def test_every_setting_passes_as_a_key_value_string():
         "video_codecs": "h264",
     }
     for name, info in Vlm3rArgs.model_fields.items():
-        if name not in values:
+        if name not in values and info.default is not None:  # an unset optional setting is left out
             values[name] = str(info.default)
     cli = convert_args_to_dict(tuple(f"{name}={value}" for name, value in values.items()))
     built = call_user_app_builder_with_args_if_necessary(build_app, cli)

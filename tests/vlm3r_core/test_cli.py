@@ -113,5 +113,10 @@ def test_run_job_turns_every_ending_into_a_line_and_a_code(capsys):
         signal.raise_signal(signal.SIGINT)
         return 0
 
-    assert run_job("demo", ["--out", "o"], [Outer], stopped) == 130
+    # Ctrl-C as Python delivers it (an earlier Ray Train fit() in this process may have left its own handler)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert run_job("demo", ["--out", "o"], [Outer], stopped) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert "[demo] interrupted" in capsys.readouterr().err

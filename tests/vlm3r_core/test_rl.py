@@ -560,26 +560,8 @@ def test_grpo_raises_the_mean_official_reward_on_a_toy_set(warm, processor):
 # DeepSpeed: the update injected as an engine -----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gloo_rank():
-    """torch.distributed with one gloo rank, as DeepSpeed needs (removed after the module)."""
-    import deepspeed
-    import torch.distributed as dist
-
-    from serve_apps.ports import free_loopback_port
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LOCAL_RANK", "0")  # DeepSpeed's engine asks for it
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{free_loopback_port()}", rank=0, world_size=1
-        )
-        deepspeed.init_distributed(dist_backend="gloo")
-        yield
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_update_equals_the_plain_torch_update(gloo_rank, warm, processor, stage):
+def test_deepspeed_update_equals_the_plain_torch_update(gloo_process_group, warm, processor, stage):
     """Three micro-batches accumulated by the engine (ZeRO-2 / ZeRO-3) give the same weights as
     plain torch; under ZeRO-3 the rollouts (generation with gathered weights, reference with the
     adapter disabled) are those of the unwrapped model."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -331,7 +330,7 @@ def test_training_prompts_are_the_evaluation_prompts_token_for_token(tmp_path, m
 
     answerer, seen = AnswerQuestions(model_dir, tokens=tokens), []
 
-    def generate(input_ids, attention_mask, features, max_new_tokens):
+    def generate(input_ids, attention_mask, features, max_new_tokens, **decoding):
         seen.extend(row[mask == 1].tolist() for row, mask in zip(input_ids, attention_mask, strict=True))
         return torch.zeros((len(input_ids), 1), dtype=torch.long)
 
@@ -344,28 +343,12 @@ def test_training_prompts_are_the_evaluation_prompts_token_for_token(tmp_path, m
 
 
 @pytest.fixture(scope="module")
-def single_process_group():
-    """torch.distributed with one gloo rank, as DeepSpeed needs; one thread (2 shared cores)."""
-    import deepspeed
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    saved_env = {k: os.environ.get(k) for k in env}
+def single_process_group(gloo_process_group):
+    """The session's one-rank gloo group (tests/conftest.py), with one thread (2 shared cores)."""
     threads = torch.get_num_threads()
-    os.environ.update(env)
     torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo")
     yield
-    dist.destroy_process_group()
     torch.set_num_threads(threads)
-    for k, v in saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.mark.parametrize("stage", [2, 3])
