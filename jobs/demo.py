@@ -165,14 +165,31 @@ def _ask(cfg: DemoConfig, env: dict[str, str], logs: Path, index: int, count: in
         raise RuntimeError(f"no val question about {cfg.video} under {cfg.data}/qa/benchmark/val (is it a val scene?)")
     row = next((r for r in rows if r.question_type == "object_counting"), rows[0])
     question = row.question + ("\nOptions:\n" + "\n".join(row.options) if row.options else "")
-    stage = Stage("serve", "serving: the trained model behind the OpenAI-compatible API, asked with the openai client",
+    ply = f"{cfg.data}/reconstructions/{cfg.video}/points.ply"
+    stage = Stage("serve", "serving: the trained model behind the OpenAI-compatible API, asked about a whole video "
+                  "and live, frame by frame",
                   [sys.executable, "-m", "serve_apps.demo_client", "--model", f"{cfg.data}/runs/tiny/model",
-                   "--video", f"{cfg.data}/scenes/synthetic/{cfg.video}/video.mp4", "--question", question])  # fmt: skip
+                   "--video", f"{cfg.data}/scenes/synthetic/{cfg.video}/video.mp4", "--question", question,
+                   "--live-ply", ply], outputs=(f"reconstructions/{cfg.video}",))  # fmt: skip
     result = run_stage(index, count, stage, logs, env)
-    answer = re.search(r"^A: (.*)$", result.log.read_text(errors="replace"), re.MULTILINE)
+    text = result.log.read_text(errors="replace")
+    answer = re.search(r"^A: (.*)$", text, re.MULTILINE)
+    live = re.search(r"^LIVE: (.*)$", text, re.MULTILINE)
     result.extra = {"question": row.question, "answer": answer.group(1).strip() if answer else "",
+                    "live": live.group(1).strip() if live else "", "ply": ply, "points": _ply_points(ply),
                     "truth": row.mc_answer or row.ground_truth, "options": row.options}  # fmt: skip
     return result
+
+
+def _ply_points(uri: str) -> int | None:
+    """The vertex count in a PLY header."""
+    try:
+        with open(uri, "rb") as f:
+            header = f.read(512).decode("ascii", "replace")
+    except OSError:
+        return None
+    found = re.search(r"element vertex (\d+)", header)
+    return int(found.group(1)) if found else None
 
 
 def _eval_table(cfg: DemoConfig) -> list[str]:
@@ -218,13 +235,17 @@ def demo(cfg: DemoConfig) -> int:
         print("Official scores on the val questions (report: eval/trained/report.html):")
         print("\n".join(table))
     ask = results[-1].extra
-    print(f"Asked the served model: {ask['question']}")
-    print(f"  answer: {ask['answer'] or '(none)'}   ground truth: {ask['truth']}")
+    print(f"Asked the served model about {cfg.video}: {ask['question']}")
+    print(f"  whole video: {ask['answer'] or '(none)'}   live session, at the end: {ask['live'] or '(none)'}   "
+          f"ground truth: {ask['truth']}")  # fmt: skip
+    print(f"  the live session's reconstruction: {ask['points'] or 0} points in {ask['ply']} (camera path beside it)")
     print("The tiny preset is a 2-layer model with random encoder weights that trains in minutes on a laptop: its "
           "scores show the pipeline runs end to end, not spatial reasoning (use vlm3r-7b for that).")  # fmt: skip
     print("Next:")
     print(f"  demo page:   .venv/bin/serve run serve_apps.app:build_app model={cfg.data}/runs/tiny/model demo_videos={cfg.data}"
           "   then open http://127.0.0.1:8000/")  # fmt: skip
+    print("  live:        .venv/bin/python -m serve_apps.stream_client --url http://127.0.0.1:8000 --video <file> "
+          "--realtime --ask \"t=end:How big is this room?\" --save-ply room.ply")  # fmt: skip
     print("  own scans:   python jobs/convert_scenes.py --dataset scannet --source <scans> --out <root>   (README: Real scans)")
     print("  a cluster:   README 'Running on a cluster' (Terraform + KubeRay, ray job submit)")
     return 0

@@ -70,6 +70,10 @@ class Vlm3rArgs(pydantic.BaseModel):
             model's frame count.
         session_points_per_keyframe: keyframe policy: world points kept per keyframe for the 3D
             export (with CUT3R point heads).
+        cut3r_point_heads: load CUT3R with its point heads even when the model's config has none
+            (a model trained from token shards usually has none), so that sessions can export
+            their reconstruction: from the CUT3R weight reference, or from the seed of a seeded
+            CUT3R such as ``tiny``'s; the tokens are the same either way.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
@@ -112,6 +116,7 @@ class Vlm3rArgs(pydantic.BaseModel):
     session_min_interval_frames: int = pydantic.Field(default=1, ge=1)
     session_max_keyframes: int = pydantic.Field(default=0, ge=0)
     session_points_per_keyframe: int = pydantic.Field(default=4096, ge=0)
+    cut3r_point_heads: bool = False
 
     @pydantic.field_validator("api_keys", "allowed_uri_prefixes", "video_codecs", mode="before")
     @classmethod

@@ -1,11 +1,14 @@
 """Serve a model locally, ask it one question about a video with the ``openai`` client, shut down.
 
     python -m serve_apps.demo_client --model ./vlm3r-data/train/model --video scene.mp4 \\
-        --question "How many chairs are in this room?"
+        --question "How many chairs are in this room?" [--live-ply room.ply]
 
 The last step of ``make demo``: starts a local Ray and the VLM-3R application on 127.0.0.1 with the
 model the training job saved (``save_pretrained`` folder or URI, or a preset such as ``tiny``), sends
-the video as a base64 data URL, streams the answer to stdout, and stops Serve and Ray.
+the video as a base64 data URL, streams the answer to stdout. With ``--live-ply`` it then streams
+the same video frame by frame into a live session (``serve_apps.stream_client``), asks the question
+again at its end and saves the session's reconstruction (PLY) and camera path (``trajectory.json``
+beside it). Stops Serve and Ray.
 """
 
 import base64
@@ -28,12 +31,14 @@ class DemoClientConfig:
         model: ``save_pretrained`` folder/URI or preset name.
         question: the question (a benchmark question may end with ``\nOptions:\nA. ...``).
         max_tokens: longest answer, in tokens.
+        live_ply: also stream the video into a live session and save its reconstruction here.
     """
 
     video: str
     model: str = "tiny"
     question: str = "How many chairs are in this room?"
     max_tokens: int = 32
+    live_ply: str | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -57,7 +62,9 @@ def ask(opts: DemoClientConfig) -> int:
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(Vlm3rArgs(model=opts.model)), name="vlm3r", route_prefix="/")
+        # point heads: the live session exports its reconstruction (the tokens are the same)
+        app_args = Vlm3rArgs(model=opts.model, cut3r_point_heads=opts.live_ply is not None)
+        serve.run(build_app(app_args), name="vlm3r", route_prefix="/")
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=api_key, max_retries=0, timeout=300)
         stream = client.chat.completions.create(
             model="vlm3r",
@@ -78,10 +85,24 @@ def ask(opts: DemoClientConfig) -> int:
             if chunk.choices and chunk.choices[0].delta.content:
                 print(chunk.choices[0].delta.content, end="", flush=True)
         print()
+        if opts.live_ply:
+            stream_live(opts, f"http://127.0.0.1:{port}", api_key)
     finally:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def stream_live(opts: DemoClientConfig, url: str, api_key: str) -> None:
+    """Streams the video into a live session, asks the question at its end, saves the reconstruction."""
+    from serve_apps.stream_client import StreamClientConfig, run
+
+    trajectory = storage.join(opts.live_ply.rsplit("/", 1)[0], "trajectory.json") if "/" in opts.live_ply else "trajectory.json"
+    config = StreamClientConfig(url=url, video=opts.video, ask=(f"t=end:{opts.question}",), save_ply=opts.live_ply,
+                                save_trajectory=trajectory, api_key=api_key, image_format="png",
+                                max_tokens=opts.max_tokens)  # fmt: skip
+    answers = run(config)
+    print(f"LIVE: {answers[-1][2] if answers else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

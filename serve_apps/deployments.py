@@ -286,11 +286,13 @@ def _ply_bytes(cloud) -> bytes:
 # Model loading
 
 
-def load_model(source: str, parts: tuple[str, ...]) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
+def load_model(
+    source: str, parts: tuple[str, ...], cut3r_point_heads: bool = False
+) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
     """The model share of one replica (see ``vlm3r_core.inference.load_model``), on the GPU Ray
     assigned to the replica, else on the CPU."""
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return inference.load_model(source, device, parts)
+    return inference.load_model(source, device, parts, cut3r_point_heads=cut3r_point_heads)
 
 
 def _replica_actor() -> str:
@@ -339,7 +341,7 @@ class GeometryEncoder:
 
     def __init__(self, args: Vlm3rArgs):
         self.args = args
-        self.model, self.processor = load_model(args.model, ENCODER_PARTS)
+        self.model, self.processor = load_model(args.model, ENCODER_PARTS, args.cut3r_point_heads)
         config = self.model.config
         self.num_frames = config.num_frames
         # Frames larger than the encoders' largest input are squashed to it while decoding.

@@ -54,6 +54,7 @@ class StreamClientConfig:
             ``t=end:<question>``; several after one flag.
         realtime: push frames at the file's frame rate (else as fast as the server takes them).
         save_ply: write the session's reconstruction (PLY) here at the end.
+        save_trajectory: write the session's camera path (JSON, ``GET .../trajectory``) here at the end.
         confidence: the reconstruction's confidence threshold (default: the server's, 3).
         voxel_size: the reconstruction's voxel side in metres (default: the server's, 0.02; 0 keeps every point).
         api_key: bearer token (default: the ``VLM3R_API_KEY`` environment variable).
@@ -70,6 +71,7 @@ class StreamClientConfig:
     ask: tuple[str, ...] = ()
     realtime: bool = False
     save_ply: str | None = None
+    save_trajectory: str | None = None
     confidence: float | None = None
     voxel_size: float | None = None
     api_key: str | None = None
@@ -154,6 +156,9 @@ class StreamClient:
         path = f"/v1/sessions/{self.session_id}/reconstruction"
         return self._call("GET", path, params={k: v for k, v in params.items() if v is not None}).content
 
+    def trajectory(self) -> dict:
+        return self._call("GET", f"/v1/sessions/{self.session_id}/trajectory").json()
+
     def close(self) -> None:
         self._call("DELETE", f"/v1/sessions/{self.session_id}")
 
@@ -188,6 +193,9 @@ def run(config: StreamClientConfig, out=sys.stdout) -> list[tuple[float, str, st
         if config.save_ply:
             storage.write_bytes(config.save_ply, client.reconstruction("ply", config.confidence, config.voxel_size))
             print(f"reconstruction: {config.save_ply}", file=out)
+        if config.save_trajectory:
+            storage.write_json(config.save_trajectory, client.trajectory())
+            print(f"camera path: {config.save_trajectory}", file=out)
     finally:
         if not config.keep_open:
             client.close()

@@ -25,6 +25,7 @@ widths, ``L`` text tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,7 +42,11 @@ from vlm3r_core.vlm.config import DTYPES
 
 
 def load_model(
-    source: str, device: str | torch.device = "cpu", parts: Sequence[str] | None = None, dtype: str | None = None
+    source: str,
+    device: str | torch.device = "cpu",
+    parts: Sequence[str] | None = None,
+    dtype: str | None = None,
+    cut3r_point_heads: bool = False,
 ) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
     """Loads a preset name (seeded random weights, e.g. the untrained ``tiny``) or a ``save_pretrained`` URI.
 
@@ -51,16 +56,22 @@ def load_model(
             replica that only encodes; see ``from_config``); None builds the whole model.
         dtype: run in this dtype ("float32", "bfloat16", "float16") instead of the config's; the
             model's config then says so, so encoders, features and the LLM all use it.
+        cut3r_point_heads: build CUT3R with its point heads (3D exports of live sessions), see
+            ``Vlm3rForConditionalGeneration.from_pretrained``.
     """
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     components = COMPONENTS if parts is None else tuple(parts)
     if source in PRESETS:
         config = get_preset(source)
+        if cut3r_point_heads:
+            config = config.replace(cut3r=dataclasses.replace(config.cut3r, enable_point_heads=True))
         model = Vlm3rForConditionalGeneration.from_config(config, components=components)
         processor = Vlm3rProcessor.from_config(config)
     else:
-        model = Vlm3rForConditionalGeneration.from_pretrained(source, components=components)
+        model = Vlm3rForConditionalGeneration.from_pretrained(
+            source, components=components, cut3r_point_heads=cut3r_point_heads
+        )
         processor = Vlm3rProcessor.from_pretrained(source)
     if dtype is not None and dtype != model.config.dtype:
         model.config = model.config.replace(dtype=dtype)

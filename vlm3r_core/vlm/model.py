@@ -25,6 +25,8 @@ model runs both encoders) or precomputed ``VideoFeatures`` (token shards); both 
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
@@ -705,15 +707,30 @@ class Vlm3rForConditionalGeneration(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, uri: str, device: str | torch.device | None = None, components: Sequence[str] = COMPONENTS
+        cls,
+        uri: str,
+        device: str | torch.device | None = None,
+        components: Sequence[str] = COMPONENTS,
+        cut3r_point_heads: bool = False,
     ) -> Vlm3rForConditionalGeneration:
         """Loads a model written by ``save_pretrained`` (or by ``vlm3r_core.vlm.convert``).
 
         ``components`` picks the parts to build and load, as in ``from_config``.
+        ``cut3r_point_heads`` builds CUT3R with its point heads (3D exports) even when the saved
+        config has none: loaded from the CUT3R weight reference, or from the seed for a seeded
+        CUT3R (the other CUT3R weights are the same either way).
+
+        Raises:
+            ValueError: ``cut3r_point_heads`` for a model whose CUT3R is stored without them.
         """
         meta = checkpoint.read_saved_meta(uri)
         stored = {c for c in meta["stored_components"] if c in components}
-        model = cls.from_config(Vlm3rConfig.from_dict(meta["config"]), load_base_weights=False, components=components)
+        config = Vlm3rConfig.from_dict(meta["config"])
+        if cut3r_point_heads and not config.cut3r.enable_point_heads:
+            if "cut3r" in stored:
+                raise ValueError(f"{uri}: its CUT3R is stored without point heads, so they cannot be added")
+            config = config.replace(cut3r=dataclasses.replace(config.cut3r, enable_point_heads=True))
+        model = cls.from_config(config, load_base_weights=False, components=components)
         model.load_base_weights([c for c in BASE_COMPONENTS if c in components and c not in stored])
         checkpoint.load_saved_weights(model, uri, meta)
         return model.to(device) if device is not None else model
