@@ -170,7 +170,7 @@ def _ask(cfg: DemoConfig, env: dict[str, str], logs: Path, index: int, count: in
                   "and live, frame by frame",
                   [sys.executable, "-m", "serve_apps.demo_client", "--model", f"{cfg.data}/runs/tiny/model",
                    "--video", f"{cfg.data}/scenes/synthetic/{cfg.video}/video.mp4", "--question", question,
-                   "--live-ply", ply], outputs=(f"reconstructions/{cfg.video}",))  # fmt: skip
+                   "--live-ply", ply, "--live-confidence", "1"], outputs=(f"reconstructions/{cfg.video}",))  # fmt: skip
     result = run_stage(index, count, stage, logs, env)
     text = result.log.read_text(errors="replace")
     answer = re.search(r"^A: (.*)$", text, re.MULTILINE)

@@ -40,6 +40,7 @@ multiple-choice question: the prompt is built exactly as in evaluation
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -212,6 +213,20 @@ def _session_uri_id(source: VideoSource) -> str | None:
     return session_id
 
 
+def reconstruction_config(request: Request) -> ReconstructionConfig:
+    """``confidence`` (>= 1) and ``voxel_size`` (m, 0 keeps every point) from the query; the
+    defaults of ``ReconstructionConfig`` for those not given."""
+    defaults = ReconstructionConfig()
+    confidence, voxel = (_query_seconds(request, name) for name in ("confidence", "voxel_size"))
+    try:
+        return ReconstructionConfig(
+            confidence_threshold=defaults.confidence_threshold if confidence is None else confidence,
+            voxel_size_m=defaults.voxel_size_m if voxel is None else voxel,
+        )
+    except ValueError as e:
+        raise ApiError(400, str(e), "invalid_value", param="confidence/voxel_size") from None
+
+
 def _query_seconds(request: Request, name: str) -> float | None:
     """A float query parameter (None when absent); 400 when it is not a finite number."""
     text = request.query_params.get(name)
@@ -343,6 +358,34 @@ class Vlm3rIngress:
         except Exception as e:
             raise backend_error(e) from None
 
+    @api.post("/demo/reconstruction")
+    async def demo_reconstruction(self, request: Request) -> JSONResponse:
+        """The body: a video; the answer: its CUT3R point cloud and camera path in the viewer's
+        JSON form, from the frames the model samples (``session_points_per_keyframe`` pixels of
+        each). Query: ``confidence``, ``voxel_size`` as for a session's reconstruction. 409 ``session_not_ready`` when the service runs CUT3R without
+        point heads, or no point reaches the confidence."""
+        authorize(request.headers.get("authorization"), self.api_keys)
+        args = self.args
+        video = await read_body(
+            request, args.max_video_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
+        )
+        if not video:
+            raise ApiError(400, "the request body must be a video", "missing_video")
+        # as many points per frame as a live session keeps per keyframe: a bounded answer
+        config = dataclasses.replace(reconstruction_config(request), max_points_per_frame=args.session_points_per_keyframe)
+        await asyncio.to_thread(self.admission.check_video, video, "body")  # the API's limits, before decoding
+        response = self.encoder.reconstruct.remote(video, "the posted video", config)
+        try:
+            cloud = await asyncio.wait_for(response, args.request_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise self._timeout() from None
+        except ApiError:
+            raise
+        except Exception as e:
+            raise backend_error(e, "body") from None
+        return JSONResponse(cloud)
+
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
         args = self.args
@@ -403,15 +446,7 @@ class Vlm3rIngress:
         fmt = request.query_params.get("format", "ply")
         if fmt not in _MESH_TYPES:
             raise ApiError(400, f"format: {shorten(fmt)!r} is not one of ply, glb", "invalid_value", param="format")
-        defaults = ReconstructionConfig()
-        confidence, voxel = (_query_seconds(request, name) for name in ("confidence", "voxel_size"))
-        try:
-            config = ReconstructionConfig(
-                confidence_threshold=defaults.confidence_threshold if confidence is None else confidence,
-                voxel_size_m=defaults.voxel_size_m if voxel is None else voxel,
-            )
-        except ValueError as e:
-            raise ApiError(400, str(e), "invalid_value", param="confidence/voxel_size") from None
+        config = reconstruction_config(request)
         data = await self._session_call("session_reconstruction", session_id, owner, fmt, config)
         return Response(
             data,

@@ -32,6 +32,8 @@ class DemoClientConfig:
         question: the question (a benchmark question may end with ``\nOptions:\nA. ...``).
         max_tokens: longest answer, in tokens.
         live_ply: also stream the video into a live session and save its reconstruction here.
+        live_confidence: the reconstruction's confidence threshold (>= 1; 1 keeps every point: an
+            untrained CUT3R such as the tiny preset's is never confident; None: the server's, 3).
     """
 
     video: str
@@ -39,6 +41,7 @@ class DemoClientConfig:
     question: str = "How many chairs are in this room?"
     max_tokens: int = 32
     live_ply: str | None = None
+    live_confidence: float | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -100,7 +103,7 @@ def stream_live(opts: DemoClientConfig, url: str, api_key: str) -> None:
     trajectory = storage.join(opts.live_ply.rsplit("/", 1)[0], "trajectory.json") if "/" in opts.live_ply else "trajectory.json"
     config = StreamClientConfig(url=url, video=opts.video, ask=(f"t=end:{opts.question}",), save_ply=opts.live_ply,
                                 save_trajectory=trajectory, api_key=api_key, image_format="png",
-                                max_tokens=opts.max_tokens)  # fmt: skip
+                                max_tokens=opts.max_tokens, confidence=opts.live_confidence)  # fmt: skip
     answers = run(config)
     print(f"LIVE: {answers[-1][2] if answers else ''}")
 

@@ -55,9 +55,10 @@ from serve_apps.sessions import (
     SessionStateError,
 )
 from vlm3r_core import inference
-from vlm3r_core.geometry.reconstruction import ReconstructionConfig, encode_glb, write_ply
+from vlm3r_core.geometry.reconstruction import ReconstructionConfig, encode_glb, reconstruct_video, write_ply
 from vlm3r_core.inference import Question, VideoContext, generation_inputs, prompt_length
 from vlm3r_core.live import KeyframePolicy, LiveSession
+from vlm3r_core.point_cloud import reconstruction_point_cloud
 from vlm3r_core.video import VideoTooLargeError, VideoTooLongError, read_video
 from vlm3r_core.vlm import FramePixels, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
 
@@ -382,6 +383,35 @@ class GeometryEncoder:
         else:
             self._stats.cache_hits += 1
         return await asyncio.shield(task)
+
+    async def reconstruct(self, video: bytes, name: str, config: ReconstructionConfig) -> dict:
+        """The point cloud and camera path of a whole video, from the frames the model samples,
+        in the viewer's JSON form (``vlm3r_core.point_cloud``); needs CUT3R's point heads.
+
+        Raises:
+            SessionStateError: the replica's CUT3R has no point heads, or no point is confident.
+            VideoDecodeError / VideoLimitError: as :meth:`encode`.
+        """
+        if not self.model.cut3r.config.enable_point_heads:
+            raise SessionStateError(
+                "this service's CUT3R has no point heads: start it with cut3r_point_heads=true for reconstructions"
+            )
+        async with self._decode_slots:
+            decoded = await asyncio.to_thread(
+                read_video, video, self.num_frames, self.args.max_video_frames, name,
+                resize_to=self.decode_side, max_pixels=self.args.max_video_pixels,
+            )  # fmt: skip
+        def run() -> dict:
+            reconstruction = reconstruct_video(
+                self.model.cut3r, decoded.frames, self.model.config.cut3r_image_size,
+                decoded.timestamps.tolist(), decoded.frame_indices.tolist(), config,
+            )  # fmt: skip
+            return reconstruction_point_cloud(reconstruction, f"CUT3R reconstruction of {name}").to_json()
+
+        try:
+            return await asyncio.to_thread(run)
+        except ValueError as e:  # no confident point
+            raise SessionStateError(f"{name}: {e}") from None
 
     async def _encode_new(self, video: bytes, name: str, key: str) -> EncodedVideo:
         async with self._decode_slots:  # at most decode_concurrency decoders' buffers at once

@@ -8,8 +8,8 @@ JSON form (``PointCloud.to_json``; what ``serve_apps/static/viewer.js`` draws)::
      "source":  "..."}                   what the cloud is (shown under the viewer)
 
 Any producer can fill it: :func:`scene_point_cloud` samples the annotated layout of a scene (its
-object boxes and floor, and the cameras at the sampled frames); a reconstruction (CUT3R's point
-maps and poses) fills the same fields. Legend: ``N`` points, ``K`` cameras.
+object boxes and floor, and the cameras at the sampled frames); :func:`reconstruction_point_cloud`
+turns a reconstruction (CUT3R's point maps and poses) into the same fields. Legend: ``N`` points, ``K`` cameras.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlm3r_core.scene import Scene
 from vlm3r_core.video import sample_frame_indices
+
+if TYPE_CHECKING:
+    from vlm3r_core.geometry.reconstruction import Reconstruction
 
 FLOOR_COLOUR = (150, 150, 150)
 
@@ -151,3 +154,21 @@ def scene_point_cloud(scene: Scene, num_points: int = 15_000, num_cameras: int =
         cameras=cameras,
         source=f"annotated layout of {scene.dataset}/{scene.scene_id} (scene.json: object boxes, floor, cameras)",
     )
+
+
+# CUT3R's world (the first camera: x right, y down, z forward) -> a Z-up world: (x, y, z) -> (x, z, -y).
+CUT3R_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
+
+
+def reconstruction_point_cloud(reconstruction: Reconstruction, source: str = "") -> PointCloud:
+    """A CUT3R reconstruction (``vlm3r_core.geometry.reconstruction``) in the viewer's form.
+
+    CUT3R's world is the first camera's frame, y down; the points and camera poses are rotated
+    into a Z-up frame (the first camera looks along +y, its up is +z), so the viewer shows the
+    room upright. Distances are unchanged (metres).
+    """
+    rotation = np.eye(4)
+    rotation[:3, :3] = CUT3R_TO_Z_UP
+    points = reconstruction.cloud.points.astype(np.float64) @ CUT3R_TO_Z_UP.T  # (N, 3)
+    cameras = rotation @ reconstruction.trajectory.cam_to_world  # (K, 4, 4)
+    return PointCloud(points.astype(np.float32), reconstruction.cloud.colors, cameras, source)

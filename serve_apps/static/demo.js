@@ -62,7 +62,31 @@ async function useVideo(blob, name, entry) {
   $("answer").textContent = "";
   $("answer").dataset.state = "idle";
   $("truth").hidden = true;
-  await Promise.all([loadFrames(blob), entry && entry.has_layout ? loadLayout(entry.id) : noLayout()]);
+  await Promise.all([loadFrames(blob), loadReconstruction(blob, name, entry)]);
+}
+
+// The video's CUT3R reconstruction (points and camera path) from the server; a scene's annotated
+// layout instead when the service runs CUT3R without point heads.
+async function loadReconstruction(blob, name, entry) {
+  $("viewer-source").textContent = "reconstructing the video with CUT3R…";
+  const request = (query) => apiFetch(`demo/reconstruction${query}`, {
+    method: "POST", body: blob, headers: { "Content-Type": blob.type || "video/mp4" },
+  });
+  try {
+    let cloud;
+    try {
+      cloud = await (await request("")).json();
+    } catch (e) {
+      // An untrained CUT3R (the tiny preset's seeded heads) is never confident: show every point, and say so.
+      if (!/no point reaches confidence/.test(e.message)) throw e;
+      cloud = await (await request("?confidence=1")).json();
+      cloud.source += " (every point: none reaches the confidence threshold)";
+    }
+    showCloud(cloud, name);
+  } catch (e) {
+    if (entry && entry.has_layout) await loadLayout(entry.id, `no reconstruction (${e.message}); the annotated layout instead`);
+    else noLayout(e.message);
+  }
 }
 
 async function loadFrames(blob) {
@@ -96,16 +120,17 @@ function showCloud(cloud, label) {
   }
 }
 
-async function loadLayout(id) {
+async function loadLayout(id, note) {
   try {
-    showCloud(await (await apiFetch(`demo/videos/layout?video=${encodeURIComponent(id)}`)).json(), id);
+    const cloud = await (await apiFetch(`demo/videos/layout?video=${encodeURIComponent(id)}`)).json();
+    showCloud({ ...cloud, source: note ? `${cloud.source} (${note})` : cloud.source }, id);
   } catch (e) {
     $("viewer-source").textContent = `no 3D layout (${e.message})`;
   }
 }
 
-function noLayout() {
-  $("viewer-source").textContent = "No 3D data for this video yet: load a point-cloud JSON ({points, colors, cameras}).";
+function noLayout(reason) {
+  $("viewer-source").textContent = `No 3D data for this video${reason ? ` (${reason})` : ""}: load a point-cloud JSON ({points, colors, cameras}).`;
 }
 
 function readAsDataUrl(blob) {

@@ -61,7 +61,8 @@ def demo(ray_local, tmp_path_factory):
     config = get_preset("tiny", num_frames=8)
     model_dir = str(root / "model")
     Vlm3rForConditionalGeneration.from_config(config).save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
-    args = Vlm3rArgs(model=model_dir, api_keys=(API_KEY,), demo_videos=str(root), default_max_tokens=8)
+    args = Vlm3rArgs(model=model_dir, api_keys=(API_KEY,), demo_videos=str(root), default_max_tokens=8,
+                     cut3r_point_heads=True)  # fmt: skip
     port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name=APP, route_prefix="/")
@@ -101,6 +102,17 @@ def test_demo_routes(demo):
     bad = requests.post(f"{demo.base_url}/demo/frames", data=b"not a video" * 10, headers=headers, timeout=60)
     # the API's video admission, before any decoding: the bytes are no video container
     assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_media_type"
+
+    # CUT3R's reconstruction of the sampled frames, in the viewer's form (Z up); the tiny model's
+    # seeded point heads are never confident: 409 at the default threshold, every point at 1.
+    url = f"{demo.base_url}/demo/reconstruction"
+    unsure = requests.post(url, data=demo.video.read_bytes(), headers=headers, timeout=120)
+    assert unsure.status_code == 409 and "no point reaches confidence 3.0" in unsure.json()["error"]["message"]
+    every = requests.post(url, params={"confidence": 1, "voxel_size": 0}, data=demo.video.read_bytes(), headers=headers, timeout=120)
+    cloud = PointCloud.from_json(every.json())
+    assert len(cloud.cameras) == 8 and len(cloud.points) == 8 * 4096  # session_points_per_keyframe of each frame
+    assert cloud.source == "CUT3R reconstruction of the posted video"
+    assert requests.post(url, params={"confidence": 0.5}, data=b"x", headers=headers, timeout=30).status_code == 400
 
 
 def test_a_folder_of_videos_with_benchmark_rows(tmp_path):
@@ -162,11 +174,11 @@ def test_page_answers_a_benchmark_question_and_draws_the_3d_view(demo, tmp_path,
         _wait(driver, "document.getElementById('video-select').options.length > 1", 30)
         Select(driver.find_element(By.ID, "video-select")).select_by_value(SCENE)
 
-        # The sampled frames (the model's 8) and the scene's 3D layout appear.
+        # The sampled frames (the model's 8) and CUT3R's reconstruction of them appear.
         _wait(driver, "[...document.querySelectorAll('#frames img')].filter(i => i.complete && i.naturalWidth > 0).length === 8", 60)
         _wait(driver, "document.getElementById('viewer').dataset.loaded === 'true'", 60)
         assert non_background_pixels(driver, "viewer", VIEWER_BACKGROUND) > 2000
-        assert "annotated layout of synthetic/syn-000000" in driver.find_element(By.ID, "viewer-source").text
+        assert "CUT3R reconstruction of the posted video (every point" in driver.find_element(By.ID, "viewer-source").text
 
         # A generated multiple-choice question; the answer streams in, then the ground truth shows.
         questions = Select(driver.find_element(By.ID, "question-select"))

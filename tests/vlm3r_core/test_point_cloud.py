@@ -46,3 +46,24 @@ def test_json_round_trip_and_errors_name_the_field():
         PointCloud.from_json({**data, "cameras": [[1, 2, 3]]})
     with pytest.raises(ValueError, match="0-255"):
         PointCloud.from_json({**data, "colors": [[300, 0, 0]] * len(data["points"])})
+
+
+def test_a_reconstruction_is_shown_upright_with_its_distances():
+    from vlm3r_core.geometry.reconstruction import CameraTrajectory, PointCloud as Cloud, Reconstruction
+    from vlm3r_core.point_cloud import reconstruction_point_cloud
+
+    # CUT3R's world: the first camera, y down, z forward. A point 2 m ahead and 1 m above it,
+    # a second camera 1 m to the right.
+    points = np.array([[0.0, -1.0, 2.0], [0.5, 0.0, 1.0]], np.float32)
+    second = np.eye(4)
+    second[0, 3] = 1.0
+    rec = Reconstruction(
+        Cloud(points, np.full((2, 3), 200, np.uint8)),
+        CameraTrajectory(np.stack([np.eye(4), second]), (0.0, 1.0), (0, 10)),
+    )
+    cloud = reconstruction_point_cloud(rec, "test")
+    np.testing.assert_allclose(cloud.points[0], [0.0, 2.0, 1.0])  # ahead is +y, above is +z
+    np.testing.assert_allclose(np.linalg.norm(cloud.points[1] - cloud.points[0]), np.linalg.norm(points[1] - points[0]), rtol=1e-6)
+    np.testing.assert_allclose(cloud.cameras[1][:3, 3], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(cloud.cameras[0][:3, 1], [0.0, 0.0, -1.0])  # the camera's down axis points down
+    assert cloud.source == "test" and cloud.colors.tolist() == [[200] * 3] * 2

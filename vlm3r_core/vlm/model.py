@@ -25,9 +25,8 @@ model runs both encoders) or precomputed ``VideoFeatures`` (token shards); both 
 
 from __future__ import annotations
 
-import dataclasses
-
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
