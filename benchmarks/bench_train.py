@@ -18,8 +18,6 @@ Prints samples per second per worker for both and their ratio::
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import time
 
 import numpy as np
@@ -27,17 +25,14 @@ import torch
 
 from vlm3r_core.prompting import build_user_message
 from vlm3r_core.train_data import TrainCollator
-from vlm3r_core.training import TrainConfig, build_engine, build_model_for_training, lr_at, train_step
-
-
-def _init_single_rank() -> None:
-    import deepspeed
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend="gloo")
+from vlm3r_core.training import (
+    TrainConfig,
+    build_engine,
+    build_model_for_training,
+    lr_at,
+    single_process_group,
+    train_step,
+)
 
 
 def _rows(model_config, batch_size: int, frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -80,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    _init_single_rank()
+    with single_process_group():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(qa_uri="-", tokens_uri="-", out_uri="-", preset=args.preset, micro_batch_size=args.batch_size,
                       max_steps=args.steps + 2, lr=1e-4)
     model, processor = build_model_for_training(cfg)

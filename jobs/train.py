@@ -1,4 +1,4 @@
-"""Tune VLM-3R (LoRA + fusion block + projector) from precomputed token shards: Ray Train + DeepSpeed.
+"""Tune VLM-3R from precomputed token shards, supervised or by GRPO: Ray Train + DeepSpeed + LoRA.
 
 On a cluster::
 
@@ -13,13 +13,23 @@ Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
+Then, optionally, reinforcement tuning with verifiable rewards (GRPO) from the supervised model, on
+the benchmark rows of the same questions (sampled answers scored by the official metric)::
+
+    ray job submit --working-dir . -- python jobs/train.py --method grpo \\
+        --init-model s3://bucket/runs/vlm3r-lora/model --qa s3://bucket/data/qa/benchmark/train.parquet \\
+        --tokens s3://bucket/data/tokens/<encoder> --out s3://bucket/runs/vlm3r-grpo --preset vlm3r-7b \\
+        --num-workers 8 --gpu --max-steps 500 --micro-batch-size 1 --grad-accum-steps 4 --lr 1e-6 \\
+        --group-size 8 --temperature 1.0 --kl-beta 0.04
+
 The driver plans the data (``vlm3r_core.train_data``: the join, refused when the shards or the
 questions were made for another preset or frame count, and each worker's share of the videos);
 each worker streams its own videos' token rows in an order fixed by the seed, so a checkpoint's
 data position resumes exactly. Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running
 with the same ``--out`` and ``--run-name`` resumes; a finished run says so and exits), the trained
-model to ``<out>/model``, ``<out>/summary.json`` when done and conversations without tokens to
-``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
+model to ``<out>/model``, ``<out>/summary.json`` when done and conversations without tokens (GRPO: also
+rows without a computable reward) to ``<out>/skipped.jsonl``, each with the reason. Every
+``TrainConfig`` and ``GRPOConfig`` field is a flag (``--max-steps``, ``--lr``, ``--group-size``, ...).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from ray.train.torch import TorchTrainer
 from jobs.common import RayOptions, connect
 from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
-from vlm3r_core.train_data import MicroBatchStream, TrainCollator, TrainingData, plan_training_join
+from vlm3r_core.train_data import MicroBatchStream, TrainingData, plan_reward_join, plan_training_join
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
     MetricsWindow,
@@ -52,8 +62,8 @@ from vlm3r_core.training import (
     lr_at,
     rank_and_world,
     save_checkpoint,
-    train_step,
     training_model_config,
+    training_step,
     write_run_summary,
 )
 
@@ -71,31 +81,35 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def plan_data(cfg: TrainConfig) -> TrainingData:
-    """The join of conversations and token shards, split over the workers; records the skipped ones."""
-    plan = plan_training_join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
+    """The join of conversations (GRPO: benchmark rows) and token shards, split over the workers;
+    records the skipped rows with their reasons."""
+    join = plan_reward_join if cfg.method == "grpo" else plan_training_join
+    plan = join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
     if plan.skipped:
         storage.write_jsonl(cfg.skipped_uri, plan.skipped)
-        print(f"[train] {len(plan.skipped)} conversations have no tokens, skipped: {cfg.skipped_uri}", flush=True)
+        print(f"[train] {len(plan.skipped)} of {len(plan.skipped) + len(plan.examples)} rows skipped "
+              f"(no tokens{', no computable reward' * (cfg.method == 'grpo')}): {cfg.skipped_uri}", flush=True)
     else:
         storage.remove(cfg.skipped_uri)
-    return TrainingData.split(plan, cfg.num_workers, cfg.micro_batch_size)
+    return TrainingData.split(plan, cfg.num_workers, cfg.stream_batches[0])
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg, data = TrainConfig(**config["train"]), ray.get(config["data"])
+    cfg, data = config["train"], ray.get(config["data"])
     model, processor = build_model_for_training(cfg)
     engine = build_engine(cfg, model)
+    step = training_step(cfg, engine, processor)
     state, metrics = TrainState(), None
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(engine, directory)
     rank, world_size = rank_and_world()
-    stream = MicroBatchStream(data, rank, TrainCollator(processor, cfg.dtype), cfg.grad_accum_steps, cfg.seed,
-                              cfg.shuffle_buffer, position=(state.epoch, state.batch_in_epoch))
+    stream = MicroBatchStream(data, rank, step.collate, cfg.stream_batches[1], cfg.seed, cfg.shuffle_buffer,
+                              position=(state.epoch, state.batch_in_epoch))
     window = MetricsWindow(cfg, engine.device)
     while state.step < cfg.max_steps:
         check_fault_injection(state)
-        result = train_step(engine, stream.next_step(), lr_at(cfg, state.step))
+        result = step(stream.next_step(), lr_at(cfg, state.step))
         state.advance(result, stream.position, world_size)
         window.add(result, state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
@@ -123,7 +137,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": dataclasses.asdict(cfg), "data": ray.put(data)},
+        train_loop_config={"train": cfg, "data": ray.put(data)},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
@@ -144,7 +158,8 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
-    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
+    reward = f", reward {m['reward_mean']:.3f} (mean since the checkpoint before)" if "reward_mean" in m else ""
+    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}{reward}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0
 

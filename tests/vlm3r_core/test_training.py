@@ -18,10 +18,12 @@ from vlm3r_core.prompting import PromptConfig, build_conversation, build_user_me
 from vlm3r_core.tokens import EncoderInfo, VideoTokens, write_token_shard
 from vlm3r_core.train_data import (
     MicroBatchStream,
+    RolloutCollator,
     TrainCollator,
     TrainingData,
     example_from_row,
     plan_join,
+    plan_reward_join,
     plan_training_join,
     read_training_examples,
 )
@@ -67,7 +69,8 @@ def _encoder(cfg, **overrides) -> EncoderInfo:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"zero_stage": 1}, {"max_steps": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}, {"qa_uri": ""}, {"seed": -1}]
+    "bad", [{"zero_stage": 1}, {"max_steps": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}, {"qa_uri": ""}, {"seed": -1},
+            {"method": "ppo"}, {"init_model": "runs/sft/model"}]
 )
 def test_train_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
@@ -78,6 +81,9 @@ def test_train_config_paths_and_dtype():
     assert cfg.model_uri == "s3://bucket/run/model"
     assert cfg.dtype == torch.float32 and TrainConfig(**URIS, use_gpu=True).dtype == torch.bfloat16
     assert os.path.isabs(TrainConfig(**URIS).storage_path)
+    # SFT streams micro-batches; GRPO one batch of the step's prompts, sampled together.
+    assert TrainConfig(**URIS, micro_batch_size=2, grad_accum_steps=3).stream_batches == (2, 3)
+    assert TrainConfig(**URIS, micro_batch_size=2, grad_accum_steps=3, method="grpo").stream_batches == (6, 1)
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_zero():
@@ -178,6 +184,28 @@ def test_plan_training_join_refuses_shards_made_for_another_preset(tmp_path, fie
     with pytest.raises(ValueError, match=f"{encoder.name}.*not made for the training preset 'tiny'") as e:
         plan_training_join(str(tmp_path / "qa.jsonl"), str(tmp_path / "tokens"), cfg)
     assert named in str(e.value) and str(e.value).count("training preset:") == 1
+
+
+def test_grpo_join_keeps_rows_with_a_reward_and_tokens_and_records_the_others_with_the_reason(tmp_path):
+    cfg = get_preset("tiny", num_frames=2)
+    write_token_shard(str(tmp_path / "tokens" / "a.parquet"), [_video("synthetic/s0", 2, cfg)], _encoder(cfg))
+    common = {"dataset": "synthetic", "scene_name": "s0", "question": "How many chair(s) are in this room?",
+              "question_type": "object_counting", "options": None, "ground_truth": "3", "mc_answer": None}
+    rows = [{**common, "id": "good"}, {**common, "id": "unknown", "question_type": "object_color"},
+            {**common, "id": "no-gt", "ground_truth": ""}, {**common, "id": "zero", "ground_truth": "0"},
+            {**common, "id": "elsewhere", "scene_name": "s9"},
+            {**{k: v for k, v in common.items() if k not in ("dataset", "scene_name")}, "id": "no-video"}]  # fmt: skip
+    storage.write_jsonl(str(tmp_path / "bench.jsonl"), rows)
+    plan = plan_reward_join(str(tmp_path / "bench.jsonl"), str(tmp_path / "tokens"), cfg)
+    assert [(e.id, e.video_id, e.options) for e in plan.examples] == [("good", "synthetic/s0", ())]
+    reasons = {s["id"]: s["reason"] for s in plan.skipped}
+    assert reasons["unknown"].startswith("unknown question_type 'object_color'") and reasons["no-gt"] == "no ground_truth"
+    assert "not a positive number" in reasons["zero"] and "no token row" in reasons["elsewhere"]
+    assert reasons["no-video"] == "no video_id (nor dataset + scene_name) to join tokens on"
+    # Conversations are not benchmark rows: nothing has a reward, and the message says what GRPO reads.
+    storage.write_jsonl(str(tmp_path / "qa.jsonl"), [_row(0, "synthetic/s0")])
+    with pytest.raises(ValueError, match=r"no row .* computable reward .*no ground_truth.*qa/benchmark/train.parquet"):
+        plan_reward_join(str(tmp_path / "qa.jsonl"), str(tmp_path / "tokens"), cfg)
 
 
 def test_plan_training_join_refuses_questions_made_for_another_frame_count(tmp_path, moto_s3):
@@ -331,13 +359,23 @@ def test_training_prompts_are_the_evaluation_prompts_token_for_token(tmp_path, m
 
     answerer, seen = AnswerQuestions(model_dir, tokens=tokens), []
 
-    def generate(input_ids, attention_mask, features, max_new_tokens):
+    def generate(input_ids, attention_mask, features, max_new_tokens, **sampling):
         seen.extend(row[mask == 1].tolist() for row, mask in zip(input_ids, attention_mask, strict=True))
         return torch.zeros((len(input_ids), 1), dtype=torch.long)
 
     monkeypatch.setattr(answerer.model, "generate", generate)
     answerer.answer([{**r, "video_id": "synthetic/s0"} for r in benchmark])
     assert dict(zip((r["id"] for r in benchmark), seen, strict=True)) == training
+
+    # GRPO samples its answers to the same prompts, made from the benchmark rows themselves.
+    storage.write_jsonl(str(tmp_path / "bench.jsonl"), benchmark)
+    data = TrainingData.split(plan_reward_join(str(tmp_path / "bench.jsonl"), tokens, cfg), world_size=1, batch_size=2)
+    stream = MicroBatchStream(data, 0, RolloutCollator(trained, torch.float32, "plain"), 1, seed=0, shuffle_window=0)
+    (inputs,) = stream.next_step()
+    stream.close()
+    prompts = trained.build_batch([ex.user_message for ex in inputs.examples])
+    assert {ex.id: prompts.input_ids[b][prompts.attention_mask[b] == 1].tolist()
+            for b, ex in enumerate(inputs.examples)} == training  # fmt: skip
     text = trained.tokenizer.decode(training["q-choice"])
     assert "You measure rooms." in text and "Watch the room closely.\nWhich is closer" in text
     assert "These frames are located at 0.00s,0.37s,1.20s,1.90s." in text and "1.50s" not in text
