@@ -216,6 +216,8 @@ def run(args: argparse.Namespace, tmp: str) -> int:
                 counts["update"] += len(questions) * args.group_size
         summary = summarize_rollouts(batch, step.config)
         rewards.append(summary["reward_mean"])
+        print(f"step {i + 1}/{args.steps}: reward {rewards[-1]:.3f}, supervised {sft_done - start:.2f} s, rollouts "
+              f"{rollout_done - sft_done:.2f} s, update {update_done - rollout_done:.2f} s", flush=True)
         for qt in set(by_type) | set(summary["reward_by_type"]):
             by_type[qt] += [float("nan")] * (i - len(by_type[qt]))
             by_type[qt].append(summary["reward_by_type"].get(qt, {}).get("mean", float("nan")))
