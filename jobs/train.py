@@ -3,13 +3,13 @@
 On a cluster::
 
     ray job submit --working-dir . -- python jobs/train.py \\
-        --qa s3://bucket/data/qa/conversations/train.jsonl --tokens s3://bucket/data/tokens/<encoder> \\
+        --qa s3://bucket/data/qa/conversations/train --tokens s3://bucket/data/tokens/<encoder> \\
         --out s3://bucket/runs/vlm3r-lora --preset vlm3r-7b --num-workers 8 --gpu --zero-stage 2 \\
         --max-steps 8000 --grad-accum-steps 16 --lr 2e-5
 
 Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
 
-    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train.jsonl \\
+    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train \\
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
@@ -17,7 +17,7 @@ Then, optionally, reinforcement tuning with verifiable rewards (GRPO) from the s
 the benchmark rows of the same questions (sampled answers scored by the official metric)::
 
     ray job submit --working-dir . -- python jobs/train.py --method grpo \\
-        --init-model s3://bucket/runs/vlm3r-lora/model --qa s3://bucket/data/qa/benchmark/train.parquet \\
+        --init-model s3://bucket/runs/vlm3r-lora/model --qa s3://bucket/data/qa/benchmark/train \\
         --tokens s3://bucket/data/tokens/<encoder> --out s3://bucket/runs/vlm3r-grpo --preset vlm3r-7b \\
         --num-workers 8 --gpu --max-steps 500 --micro-batch-size 1 --grad-accum-steps 4 --lr 1e-6 \\
         --group-size 8 --temperature 1.0 --kl-beta 0.04
@@ -27,9 +27,11 @@ questions were made for another preset or frame count, and each worker's share o
 each worker streams its own videos' token rows in an order fixed by the seed, so a checkpoint's
 data position resumes exactly. Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running
 with the same ``--out`` and ``--run-name`` resumes; a finished run says so and exits), the trained
-model to ``<out>/model``, ``<out>/summary.json`` when done and conversations without tokens (GRPO: also
-rows without a computable reward) to ``<out>/skipped.jsonl``, each with the reason. Every
-``TrainConfig`` and ``GRPOConfig`` field is a flag (``--max-steps``, ``--lr``, ``--group-size``, ...).
+model to ``<out>/model`` with its model card (``README.md``: data, steps, batch, hardware, wall
+time; ``vlm3r_core/model_card.py``), ``<out>/summary.json`` when done and conversations without
+tokens (GRPO: also rows without a computable reward) to ``<out>/skipped.jsonl``, each with the
+reason. Every ``TrainConfig`` and ``GRPOConfig`` field is a flag (``--max-steps``, ``--lr``,
+``--group-size``, ...).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import time
 
 import ray
 import ray.train
@@ -47,7 +50,14 @@ from ray.train.torch import TorchTrainer
 from jobs.common import RayOptions, connect
 from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
-from vlm3r_core.train_data import MicroBatchStream, TrainingData, plan_reward_join, plan_training_join
+from vlm3r_core.model_card import training_provenance, write_provenance
+from vlm3r_core.train_data import (
+    JoinPlan,
+    MicroBatchStream,
+    TrainingData,
+    plan_reward_join,
+    plan_training_join,
+)
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
     MetricsWindow,
@@ -80,7 +90,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
                                out_uri=storage.absolute(cfg.out_uri))  # fmt: skip
 
 
-def plan_data(cfg: TrainConfig) -> TrainingData:
+def plan_data(cfg: TrainConfig) -> tuple[TrainingData, JoinPlan]:
     """The join of conversations (GRPO: benchmark rows) and token shards, split over the workers;
     records the skipped rows with their reasons."""
     join = plan_reward_join if cfg.method == "grpo" else plan_training_join
@@ -91,7 +101,7 @@ def plan_data(cfg: TrainConfig) -> TrainingData:
               f"(no tokens{', no computable reward' * (cfg.method == 'grpo')}): {cfg.skipped_uri}", flush=True)
     else:
         storage.remove(cfg.skipped_uri)
-    return TrainingData.split(plan, cfg.num_workers, cfg.stream_batches[0])
+    return TrainingData.split(plan, cfg.num_workers, cfg.stream_batches[0]), plan
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -122,7 +132,31 @@ def train_loop_per_worker(config: dict) -> None:
     write_run_summary(cfg, state, metrics)
 
 
+def hardware(cfg: TrainConfig) -> str:
+    """What the workers ran on, for the model card: ``8 x GPU (H100)`` or ``2 x 0.5 CPU``."""
+    if not cfg.use_gpu:
+        return f"{cfg.num_workers} x {cfg.cpus_per_worker:g} CPU"
+    kinds = sorted({k.split(":", 1)[1] for k in ray.cluster_resources() if k.startswith("accelerator_type:")})
+    return f"{cfg.num_workers} x GPU ({', '.join(kinds) or 'type not reported'})"
+
+
+def record_model(cfg: TrainConfig, plan: JoinPlan, metrics: dict | None, wall_time_s: float) -> None:
+    """Writes the exported model's provenance and card (a failure here only warns: the model is saved)."""
+    if not storage.exists(storage.join(cfg.model_uri, "config.json")):
+        return
+    try:
+        provenance = training_provenance(
+            dataclasses.asdict(cfg), used=len(plan.examples), skipped=len(plan.skipped),
+            steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
+            hardware=hardware(cfg), wall_time_s=wall_time_s,
+        )  # fmt: skip
+        write_provenance(cfg.model_uri, provenance)
+    except (OSError, ValueError) as e:
+        print(f"[train] warning: no model card for {cfg.model_uri}: {e}", file=sys.stderr)
+
+
 def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
+    started = time.monotonic()
     cfg = resolve_paths(cfg)
     if (done := finished_run(cfg)) is not None:
         print(f"[train] {cfg.run_name}: already finished at step {done['step']} (max_steps={cfg.max_steps}), "
@@ -133,7 +167,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if not cfg.use_gpu and cfg.num_workers * cfg.cpus_per_worker > cpus:
         print(f"[train] warning: {cfg.num_workers} workers x {cfg.cpus_per_worker:g} CPU need more than the {cpus:g} "
               "CPUs of the cluster; they wait for more nodes (lower --cpus-per-worker)", file=sys.stderr)
-    data = plan_data(cfg)  # a bad join is a ValueError: one "[train] error:" line, exit 1
+    data, plan = plan_data(cfg)  # a bad join is a ValueError: one "[train] error:" line, exit 1
     fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -158,6 +192,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
+    record_model(cfg, plan, m, time.monotonic() - started)
     reward = f", reward {m['reward_mean']:.3f} (mean since the checkpoint before)" if "reward_mean" in m else ""
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}{reward}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")

@@ -39,6 +39,7 @@ channels, ``Cv`` SigLIP channels, ``L`` text tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import posixpath
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 
 from vlm3r_core import storage
+from vlm3r_core.evaluation import iter_benchmark
 from vlm3r_core.prompting import VIDEO_PLACEHOLDER
 from vlm3r_core.rl.rewards import RLExample, build_rl_example, reward_skip_reason
 from vlm3r_core.tokens import (
@@ -138,28 +140,30 @@ def example_from_row(row: dict) -> TrainingExample:
     return TrainingExample(id=row_id, video_id=video_id, answer=str(gpt["value"]), user_message=str(human["value"]))
 
 
-def _read_rows(uri: str) -> list[dict]:
+TRAINING_COLUMNS = ["id", "video_id", "dataset", "scene_name", "question", "options", "answer", "conversations"]
+
+
+def _iter_rows(uri: str) -> Iterator[dict]:
+    """Rows of one file; parquet one row group at a time, its LLaVA ``conversations`` turned into
+    Python objects only for row groups with rows that have no ``question``."""
     if uri.endswith(".jsonl"):
-        return storage.read_jsonl(uri)
-    if uri.endswith(".json"):
+        yield from storage.read_jsonl(uri)
+    elif uri.endswith(".json"):
         rows = storage.read_json(uri)
         if not isinstance(rows, list):
             raise ValueError(f"{uri}: expected a JSON list of training rows")
-        return rows
-    if uri.endswith(".parquet"):
-        return storage.read_parquet(uri).to_pylist()
-    raise ValueError(f"{uri}: training conversations must be .jsonl, .json or .parquet")
+        yield from rows
+    elif uri.endswith(".parquet"):
+        for table in storage.iter_parquet(uri, TRAINING_COLUMNS):
+            if "question" in table.column_names and table.column("question").null_count == 0:
+                table = table.drop_columns([c for c in ("conversations",) if c in table.column_names])
+            yield from table.to_pylist()
+    else:
+        raise ValueError(f"{uri}: training conversations must be .jsonl, .json or .parquet")
 
 
 def _is_file(uri: str) -> bool:
     return posixpath.splitext(uri.rstrip("/"))[1] in QA_SUFFIXES
-
-
-def read_qa_rows(uri: str) -> list[dict]:
-    """The rows of a ``.jsonl``/``.json``/``.parquet`` file, or of every such file in a folder
-    (``manifest.json`` left out)."""
-    files = [uri] if _is_file(uri) else [f for f in storage.list_files(uri) if f.endswith(QA_SUFFIXES)]
-    return [row for f in files if posixpath.basename(f) != QA_MANIFEST for row in _read_rows(f)]
 
 
 def _check_unique_ids(uri: str, examples: Sequence) -> None:
@@ -172,12 +176,16 @@ def _check_unique_ids(uri: str, examples: Sequence) -> None:
 
 
 def read_training_examples(uri: str) -> list[TrainingExample]:
-    """Reads training conversations from a file or a folder of ``.jsonl``/``.json``/``.parquet`` files.
+    """Reads training conversations from a file or a folder of ``.jsonl``/``.json``/``.parquet``
+    files (a split of a generated data set: ``qa/conversations/train``), streaming: parquet shards
+    one row group at a time, only the fields training uses kept.
 
     Raises:
         ValueError: a malformed row (the message names it), duplicate ids, or no rows at all.
     """
-    examples = [example_from_row(row) for row in read_qa_rows(uri)]
+    files = [uri] if _is_file(uri) else [f for f in storage.list_files(uri) if f.endswith(QA_SUFFIXES)]
+    files = [f for f in files if posixpath.basename(f) != QA_MANIFEST]
+    examples = [example_from_row(row) for f in files for row in _iter_rows(f)]
     if not examples:
         raise ValueError(f"{uri}: no training conversations found")
     _check_unique_ids(uri, examples)
@@ -206,27 +214,26 @@ class RewardRow:
 
 
 def read_reward_rows(uri: str) -> tuple[list[RewardRow], list[dict]]:
-    """Benchmark rows (VSI-Bench fields: ``id, question_type, question, options, ground_truth,
-    mc_answer`` and ``video_id`` or ``dataset`` + ``scene_name``) with a computable reward, and the
-    others as ``{id, video_id, reason}`` (:func:`vlm3r_core.rl.reward_skip_reason`).
+    """Benchmark rows (a file or a split folder ``qa/benchmark/<split>``, read by
+    :func:`vlm3r_core.evaluation.iter_benchmark` as evaluation reads them) with a computable reward,
+    and the others as ``{id, video_id, reason}`` (a missing field, or
+    :func:`vlm3r_core.rl.reward_skip_reason`).
 
     Raises:
         ValueError: no rows at all, or duplicate ids.
     """
-    rows = read_qa_rows(uri)
-    if not rows:
-        raise ValueError(f"{uri}: no benchmark rows found")
-    kept, skipped = [], []
-    for n, row in enumerate(rows):
-        row_id, video_id = str(row.get("id", n)), _video_id(row)
-        reason = reward_skip_reason(row) or (None if video_id else NO_VIDEO_ID)
+    kept: list[RewardRow] = []
+    skipped: list[dict] = []
+    for row in iter_benchmark(uri, on_invalid=skipped.append):
+        reason = reward_skip_reason(dataclasses.asdict(row))
         if reason is not None:
-            skipped.append({"id": row_id, "video_id": video_id, "reason": reason})
+            skipped.append({"id": row.id, "video_id": row.video_id, "reason": reason})
             continue
-        options = () if row.get("options") is None else tuple(str(o) for o in row["options"])
-        kept.append(RewardRow(id=row_id, video_id=video_id, question_type=str(row["question_type"]),
-                              question=str(row["question"]), options=options, ground_truth=str(row["ground_truth"]),
-                              mc_answer=row.get("mc_answer") or None))  # fmt: skip
+        kept.append(RewardRow(id=row.id, video_id=row.video_id, question_type=row.question_type, question=row.question,
+                              options=tuple(str(o) for o in row.options), ground_truth=row.ground_truth,
+                              mc_answer=row.mc_answer))  # fmt: skip
+    if not kept and not skipped:
+        raise ValueError(f"{uri}: no benchmark rows found")
     _check_unique_ids(uri, kept)
     return kept, skipped
 
@@ -286,13 +293,17 @@ def _parent(uri: str) -> str | None:
 
 
 def find_qa_manifest(qa_uri: str) -> str | None:
-    """``qa/manifest.json`` of generated conversations: beside them or one folder up (``<root>/qa/``
-    for ``<root>/qa/conversations/train.jsonl``); None for conversations from elsewhere."""
+    """``qa/manifest.json`` of generated conversations: in their folder or up to two folders up
+    (``<root>/qa/`` for ``<root>/qa/conversations/train`` or a shard in it); None for
+    conversations from elsewhere."""
     uri = storage.absolute(qa_uri).rstrip("/")
-    folder = _parent(uri) if _is_file(uri) else uri
-    for candidate in (folder, folder and _parent(folder)):
-        if candidate and storage.exists(storage.join(candidate, QA_MANIFEST)):
+    candidate = _parent(uri) if _is_file(uri) else uri
+    for _ in range(3):
+        if candidate is None:
+            break
+        if storage.exists(storage.join(candidate, QA_MANIFEST)):
             return storage.join(candidate, QA_MANIFEST)
+        candidate = _parent(candidate)
     return None
 
 
@@ -330,7 +341,7 @@ def plan_reward_join(qa_uri: str, tokens_uri: str, model: Vlm3rConfig) -> JoinPl
         raise ValueError(
             f"no row of {qa_uri} has both a computable reward and a token row in {tokens_uri} (reasons: "
             f"{'; '.join(reasons[:3])}); GRPO reads benchmark rows with question_type, ground_truth, options "
-            "and mc_answer, e.g. <root>/qa/benchmark/train.parquet"
+            "and mc_answer, e.g. <root>/qa/benchmark/train"
         )
     return JoinPlan(examples=plan.examples, skipped=unscorable + plan.skipped, shards=plan.shards)
 

@@ -84,7 +84,7 @@ class TrainConfig:
 
     Args:
         qa_uri: ``sft``: training conversations (LLaVA form with ``video_id``); ``grpo``: benchmark
-            rows (``<root>/qa/benchmark/train.parquet``); a file or a folder.
+            rows (a split folder ``<root>/qa/benchmark/train``, as evaluation reads them); a file or a folder.
         tokens_uri: token shard set ``<root>/tokens/<encoder>`` with ``vision_features``.
         out_uri: run folder: checkpoints under ``<out>/checkpoints/<run_name>``, the exported
             model at ``<out>/model``, the metrics of every checkpoint in ``<out>/metrics.jsonl``,

@@ -110,6 +110,9 @@ def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_
     model = Vlm3rForConditionalGeneration.from_pretrained(f"{out}/model")
     fresh = Vlm3rForConditionalGeneration.from_config(get_preset("tiny"))
     assert not torch.equal(model.projector.linear_1.weight, fresh.projector.linear_1.weight)
+    card = storage.read_text(f"{out}/model/README.md")  # the model card: data, steps, batch, hardware, wall time
+    assert "| steps | 8 of 8 |" in card and "| batch | 8 = 2 workers x 2 x 2 accumulation |" in card
+    assert "96 used, 1 without tokens" in card and "6 videos" in card and "| hardware | 2 x 0.5 CPU |" in card
 
     # A second run with the same name continues from the last checkpoint.
     assert train.main([*args, "--max-steps", "12"]) == 0
@@ -164,11 +167,20 @@ GRPO = ["--method", "grpo", "--preset", "tiny", "--num-workers", "2", "--cpus-pe
         "--max-steps", "4", "--checkpoint-every", "2"]  # fmt: skip
 
 
-def write_benchmark(root: str) -> tuple[str, str, str]:
-    """Benchmark rows (as ``jobs/generate_qa.py`` writes them: counting and multiple choice) for the
-    videos of :func:`write_tokens`, rows without a computable reward or without tokens, and the
-    conversations of the good rows; returns the train benchmark, the conversations and the tokens."""
+def write_benchmark(root: str) -> tuple[str, str, str, str]:
+    """Benchmark rows (as ``jobs/generate_qa.py`` writes them: split folders of parquet shards with
+    its schema, counting and multiple choice) for the videos of :func:`write_tokens`, rows without a
+    computable reward or without tokens, and the conversations of the good rows; returns the train
+    and val benchmark splits, the train conversations and the tokens."""
+    import pyarrow as pa
+
+    from datagen.dataset import SCHEMAS, shard_uri
     from datagen.qa import conversation
+
+    def write(kind: str, split: str, shards: list[list[dict]]) -> str:
+        for n, part in enumerate(shards):
+            storage.write_parquet(shard_uri(root, kind, split, n), pa.Table.from_pylist(part, schema=SCHEMAS[kind]))
+        return storage.join(root, "qa", kind, split)
 
     tokens, rows = write_tokens(root), []
     for v in range(NUM_VIDEOS):
@@ -185,12 +197,12 @@ def write_benchmark(root: str) -> tuple[str, str, str]:
     rows += [{**rows[0], "id": "bad-type", "question_type": "object_color"},
              {**rows[0], "id": "no-gt", "ground_truth": None},
              {**rows[1], "id": "no-tokens", "scene_name": "missing"}]  # fmt: skip
-    bench = storage.join(root, "qa", "benchmark", "train.jsonl")
-    storage.write_jsonl(bench, rows)
+    bench = write("benchmark", "train", [rows[:24], rows[24:]])
+    val = write("benchmark", "val", [[dict(r, split="val") for r in good[:4]]])
     times = np.arange(get_preset("tiny").num_frames) * 0.25
-    conversations = storage.join(root, "qa", "conversations", "train.jsonl")
-    storage.write_jsonl(conversations, [conversation(r, times.tolist(), 10.0, get_preset("tiny").prompt) for r in good])
-    return bench, conversations, tokens
+    conversations = write("conversations", "train",
+                          [[conversation(r, times.tolist(), 10.0, get_preset("tiny").prompt) for r in good]])
+    return bench, val, conversations, tokens
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +211,7 @@ def grpo_inputs(tmp_path_factory):
     in-process supervised steps on the conversations (it answers with digits and letters, not
     always the right ones), saved as ``jobs/train.py`` exports it."""
     root = str(tmp_path_factory.mktemp("grpo"))
-    bench, conversations, tokens = write_benchmark(root)
+    bench, val, conversations, tokens = write_benchmark(root)
     cfg = TrainConfig(qa_uri=conversations, tokens_uri=tokens, out_uri=f"{root}/sft", micro_batch_size=8)
     model, processor = build_model_for_training(cfg)
     data = TrainingData.split(plan_training_join(conversations, tokens, model.config), 1, cfg.micro_batch_size)
@@ -213,7 +225,7 @@ def grpo_inputs(tmp_path_factory):
         optimizer.step()
     stream.close()
     model.save_pretrained(cfg.model_uri, processor)
-    return bench, tokens, cfg.model_uri
+    return bench, val, tokens, cfg.model_uri
 
 
 def grpo_steps(out: str) -> list[dict]:
@@ -239,7 +251,7 @@ def test_grpo_resumes_exactly_after_a_killed_worker_and_its_model_loads_in_evalu
 ):
     from serve_apps.deployments import ENCODER_PARTS, LANGUAGE_PARTS, load_model
 
-    bench, tokens, init = grpo_inputs
+    bench, val, tokens, init = grpo_inputs
     args = ["--qa", bench, "--tokens", tokens, "--init-model", init, *GRPO]
     straight = str(tmp_path / "straight")
     assert train.main([*args, "--out", straight, "--run-name", "straight"]) == 0
@@ -254,7 +266,7 @@ def test_grpo_resumes_exactly_after_a_killed_worker_and_its_model_loads_in_evalu
     assert rows[-1]["samples_seen"] == 4 * 4 and rows[-1]["reward_mean"] >= 0
     skipped = {s["id"]: s["reason"] for s in storage.read_jsonl(f"{straight}/skipped.jsonl")}
     assert set(skipped) == {"bad-type", "no-gt", "no-tokens"}
-    assert "unknown question_type 'object_color'" in skipped["bad-type"] and skipped["no-gt"] == "no ground_truth"
+    assert "unknown question_type 'object_color'" in skipped["bad-type"] and skipped["no-gt"] == "misses ground_truth"
     assert "no token row" in skipped["no-tokens"]
     assert storage.read_json(f"{straight}/summary.json")["method"] == "grpo"
 
@@ -274,8 +286,6 @@ def test_grpo_resumes_exactly_after_a_killed_worker_and_its_model_loads_in_evalu
     # The exported model (merged supervised LoRA + the GRPO adapter) is what evaluation and serving load.
     policy = Vlm3rForConditionalGeneration.from_pretrained(f"{out}/model")
     assert any(p.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_B" in n)  # the adapter starts at 0
-    val = storage.join(str(tmp_path), "val.jsonl")
-    storage.write_jsonl(val, [dict(r, split="val") for r in storage.read_jsonl(bench)[:4]])
     assert evaluate.main(["--model", f"{out}/model", "--benchmark", val, "--tokens", tokens,
                           "--out", str(tmp_path / "eval"), "--max-new-tokens", "4"]) == 0  # fmt: skip
     predictions = storage.read_jsonl(str(tmp_path / "eval" / "predictions.jsonl"))

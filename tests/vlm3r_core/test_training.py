@@ -9,6 +9,7 @@ import os
 import socket
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -195,16 +196,21 @@ def test_grpo_join_keeps_rows_with_a_reward_and_tokens_and_records_the_others_wi
             {**common, "id": "no-gt", "ground_truth": ""}, {**common, "id": "zero", "ground_truth": "0"},
             {**common, "id": "elsewhere", "scene_name": "s9"},
             {**{k: v for k, v in common.items() if k not in ("dataset", "scene_name")}, "id": "no-video"}]  # fmt: skip
-    storage.write_jsonl(str(tmp_path / "bench.jsonl"), rows)
-    plan = plan_reward_join(str(tmp_path / "bench.jsonl"), str(tmp_path / "tokens"), cfg)
+    split = tmp_path / "qa" / "benchmark" / "train"  # a split folder of shards, as generate_qa writes it
+    storage.write_parquet(str(split / "part-00000.parquet"), pa.Table.from_pylist(rows[:3]))
+    storage.write_parquet(str(split / "part-00001.parquet"), pa.Table.from_pylist(rows[3:]))
+    plan = plan_reward_join(str(split), str(tmp_path / "tokens"), cfg)
     assert [(e.id, e.video_id, e.options) for e in plan.examples] == [("good", "synthetic/s0", ())]
     reasons = {s["id"]: s["reason"] for s in plan.skipped}
     assert reasons["unknown"].startswith("unknown question_type 'object_color'") and reasons["no-gt"] == "no ground_truth"
     assert "not a positive number" in reasons["zero"] and "no token row" in reasons["elsewhere"]
-    assert reasons["no-video"] == "no video_id (nor dataset + scene_name) to join tokens on"
+    assert reasons["no-video"] == "misses dataset, scene_name"
+    assert {s["id"]: s["video_id"] for s in plan.skipped} == {"unknown": "synthetic/s0", "no-gt": "synthetic/s0",
+                                                              "zero": "synthetic/s0", "no-video": None,
+                                                              "elsewhere": "synthetic/s9"}  # fmt: skip
     # Conversations are not benchmark rows: nothing has a reward, and the message says what GRPO reads.
     storage.write_jsonl(str(tmp_path / "qa.jsonl"), [_row(0, "synthetic/s0")])
-    with pytest.raises(ValueError, match=r"no row .* computable reward .*no ground_truth.*qa/benchmark/train.parquet"):
+    with pytest.raises(ValueError, match=r"no row .* computable reward .*misses dataset, scene_name, ground_truth.*qa/benchmark/train\b"):
         plan_reward_join(str(tmp_path / "qa.jsonl"), str(tmp_path / "tokens"), cfg)
 
 
