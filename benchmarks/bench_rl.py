@@ -17,7 +17,7 @@ step, overall and per question type, saved as a PNG (``--plot``).
 
 On the synthetic scenes of ``make demo``, GRPO from its supervised model::
 
-    python benchmarks/bench_rl.py --qa ./vlm3r-data/qa/benchmark/train.parquet \\
+    python benchmarks/bench_rl.py --qa ./vlm3r-data/qa/benchmark/train \\
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --init-model ./vlm3r-data/runs/tiny/model \\
         --steps 40 --plot benchmarks/plots/bench_rl_reward.png
 
@@ -138,7 +138,7 @@ def save_plot(path: str, rewards: list[float], by_type: dict[str, list[float]], 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--qa", help="benchmark rows (e.g. <root>/qa/benchmark/train.parquet); default: toy rows")
+    parser.add_argument("--qa", help="benchmark rows (e.g. the split folder <root>/qa/benchmark/train); default: toy rows")
     parser.add_argument("--tokens", help="their token shards (<root>/tokens/<encoder>)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--init-model", help="the model GRPO starts from (the supervised run's model); default: base")

@@ -68,6 +68,7 @@ from vlm3r_core.training import (
     check_fault_injection,
     export_model,
     finished_run,
+    grpo_progress,
     load_checkpoint,
     lr_at,
     rank_and_world,
@@ -193,8 +194,8 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
     record_model(cfg, plan, m, time.monotonic() - started)
-    reward = f", reward {m['reward_mean']:.3f} (mean since the checkpoint before)" if "reward_mean" in m else ""
-    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}{reward}, resumed from "
+    grpo = f" (GRPO, means since the checkpoint before:{grpo_progress(m)})" if "reward_mean" in m else ""
+    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}{grpo}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0
 

@@ -45,7 +45,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -572,6 +572,8 @@ def write_run_summary(cfg: TrainConfig, state: TrainState, metrics: dict | None)
         "loss": None if metrics is None else metrics["loss"],
         "reward_mean": None if metrics is None else metrics.get("reward_mean"),
         "model": cfg.model_uri,
+        # GRPO: the last window's means (grpo_window_means), rewards per question type included
+        **{k: v for k, v in (metrics or {}).items() if k in GRPO_WINDOW_KEYS or k.startswith("reward/")},
     })
 
 
@@ -620,7 +622,7 @@ class MetricsWindow:
         if state.step % self.cfg.log_every == 0 and rank_and_world()[0] == 0:
             loss = result.loss if result.details is None else result.details["loss"]  # GRPO: over all workers
             logger.info("[train] step %d/%d loss %.4f lr %.3g%s", state.step, self.cfg.max_steps, loss,
-                        lr_at(self.cfg, state.step - 1), _progress(result.details))
+                        lr_at(self.cfg, state.step - 1), grpo_progress(result.details))
 
     def metrics(self, state: TrainState) -> dict:
         """Metrics of the window, averaged (loss) or summed (throughput) over all workers; resets it.
@@ -652,12 +654,26 @@ class MetricsWindow:
             "resumed_from_step": state.resumed_from_step,
         }
         if self.steps:
-            metrics.update({k: float(np.mean([s[k] for s in self.steps])) for k in GRPO_WINDOW_KEYS})
+            metrics.update(grpo_window_means(self.steps))
         if rank == 0:
             logger.info("[train] %s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "step_losses"))
             append_metrics(self.cfg.metrics_uri, {**metrics, "steps": self.steps} if self.steps else metrics)
         self._reset()
         return metrics
+
+
+def grpo_window_means(steps: Sequence[dict]) -> dict[str, float]:
+    """GRPO's metrics over a window of steps: the mean of each of :data:`GRPO_WINDOW_KEYS` over
+    the steps, and per question type the mean reward over all its answers of the window
+    (``reward/<question_type>/mean``, weighted by the steps' counts) and their number (``.../count``)."""
+    out = {k: float(np.mean([s[k] for s in steps])) for k in GRPO_WINDOW_KEYS}
+    types = sorted({k.split("/")[1] for s in steps for k in s if k.startswith("reward/") and k.endswith("/count")})
+    for qt in types:
+        counted = [(s[f"reward/{qt}/count"], s[f"reward/{qt}/mean"]) for s in steps if s.get(f"reward/{qt}/count")]
+        total = sum(n for n, _ in counted)
+        out[f"reward/{qt}/mean"] = sum(n * m for n, m in counted) / total
+        out[f"reward/{qt}/count"] = total
+    return out
 
 
 def append_metrics(uri: str, metrics: dict) -> None:
@@ -674,13 +690,16 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _progress(details: dict | None) -> str:
-    """The GRPO part of a progress line: rewards (overall and per question type), KL, answer
-    length, degenerate and clip fractions."""
-    if details is None:
+def grpo_progress(details: Mapping | None) -> str:
+    """The GRPO part of a progress line, from a step's metrics or a window's means
+    (:func:`grpo_window_means`): rewards (overall, and per question type with its std where the
+    metrics have one), KL, answer length, degenerate and clip fractions; empty for SFT."""
+    if details is None or "reward_mean" not in details:
         return ""
-    by_type = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(details.items())
-                        if k.startswith("reward/") and k.endswith("/mean"))  # fmt: skip
+    types = sorted(k.split("/")[1] for k in details if k.startswith("reward/") and k.endswith("/mean"))
+    by_type = ", ".join(f"{qt} {details[f'reward/{qt}/mean']:.3f}"
+                        + (f" ± {details[f'reward/{qt}/std']:.3f}" if f"reward/{qt}/std" in details else "")
+                        for qt in types)  # fmt: skip
     return (f" reward {details['reward_mean']:.3f} (std {details['reward_std']:.3f}; {by_type}) kl {details['kl']:.4g} "
             f"answer {details['mean_completion_tokens']:.1f} tokens degenerate {details['degenerate_fraction']:.2f} "
             f"clip {details['clip_fraction']:.3f}")  # fmt: skip

@@ -268,7 +268,14 @@ def test_grpo_resumes_exactly_after_a_killed_worker_and_its_model_loads_in_evalu
     assert set(skipped) == {"bad-type", "no-gt", "no-tokens"}
     assert "unknown question_type 'object_color'" in skipped["bad-type"] and skipped["no-gt"] == "misses ground_truth"
     assert "no token row" in skipped["no-tokens"]
-    assert storage.read_json(f"{straight}/summary.json")["method"] == "grpo"
+    summary = storage.read_json(f"{straight}/summary.json")  # the last window's means, per question type too
+    assert summary["method"] == "grpo" and summary["reward_mean"] == rows[-1]["reward_mean"]
+    assert summary["reward/object_counting/count"] + summary["reward/object_rel_distance/count"] == 2 * 16
+    assert f"straight: step 4/4, loss {rows[-1]['loss']:.4f} (GRPO, means since the checkpoint before: reward " in (
+        capsys.readouterr().out)  # fmt: skip
+    card = storage.read_text(f"{straight}/model/README.md")
+    assert "| benchmark rows (GRPO) | " in card and "48 used, 3 without tokens or a computable reward" in card
+    assert f"| GRPO | from `{init}`; group of 4, temperature 1.0" in card
 
     # Every worker raises before step 4: the group restarts from step 2's checkpoint, samples the
     # same answers for step 3 again (same prompts, same random state) and takes the same updates.

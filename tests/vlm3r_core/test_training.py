@@ -28,7 +28,15 @@ from vlm3r_core.train_data import (
     plan_training_join,
     read_training_examples,
 )
-from vlm3r_core.training import TrainConfig, deepspeed_config, lr_at
+from vlm3r_core.training import (
+    MetricsWindow,
+    StepResult,
+    TrainConfig,
+    TrainState,
+    deepspeed_config,
+    lr_at,
+    write_run_summary,
+)
 
 URIS = {"qa_uri": "qa.jsonl", "tokens_uri": "tokens", "out_uri": "out"}
 
@@ -452,3 +460,38 @@ def test_deepspeed_steps_lower_the_loss_and_checkpoints_restore_exactly(single_p
         expected = engine.module(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, features=b.features).loss
         got = loaded(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, features=b.features).loss
     torch.testing.assert_close(got, expected)
+
+
+def test_grpo_metrics_of_every_step_go_to_the_log_a_progress_line_and_the_summary(tmp_path, caplog):
+    cfg = TrainConfig(qa_uri="q", tokens_uri="t", out_uri=str(tmp_path), method="grpo", max_steps=2, log_every=1)
+    window, state = MetricsWindow(cfg, torch.device("cpu")), TrainState()
+    details = [  # two steps of rl.GRPOStepResult.to_dict(): counting in both, multiple choice in the second only
+        {"loss": 0.5, "kl": 0.01, "clip_fraction": 0.0, "reward_mean": 0.5, "reward_std": 0.25, "accuracy_mean": 0.3,
+         "format_mean": 0.4, "mean_completion_tokens": 3.0, "degenerate_fraction": 0.5, "num_groups": 2,
+         "updated": True, "grad_norm": 1.0, "reward/object_counting/mean": 0.5, "reward/object_counting/std": 0.25,
+         "reward/object_counting/count": 8},
+        {"loss": 0.1, "kl": 0.03, "clip_fraction": 0.0, "reward_mean": 1.0, "reward_std": 0.5, "accuracy_mean": 0.7,
+         "format_mean": 0.6, "mean_completion_tokens": 5.0, "degenerate_fraction": 0.0, "num_groups": 2,
+         "updated": True, "grad_norm": 2.0, "reward/object_counting/mean": 0.75, "reward/object_counting/std": 0.1,
+         "reward/object_counting/count": 4, "reward/object_rel_distance/mean": 1.25,
+         "reward/object_rel_distance/std": 0.2, "reward/object_rel_distance/count": 4},
+    ]  # fmt: skip
+    with caplog.at_level("INFO", logger="vlm3r_core.training"):
+        for d in details:
+            result = StepResult(loss=d["loss"], num_samples=2, num_tokens=12, grad_norm=d["grad_norm"], details=d)
+            state.advance(result, (0, state.step + 1), world_size=1)
+            window.add(result, state)
+        metrics = window.metrics(state)
+    assert "[train] step 2/2 loss 0.1000" in caplog.text
+    assert ("reward 1.000 (std 0.500; object_counting 0.750 ± 0.100, object_rel_distance 1.250 ± 0.200) kl 0.03 "
+            "answer 5.0 tokens degenerate 0.00 clip 0.000") in caplog.text  # fmt: skip
+    # The window: means of the steps, per question type weighted by its answers (8 at 0.5, 4 at 0.75).
+    assert metrics["reward_mean"] == 0.75 and metrics["kl"] == 0.02 and metrics["degenerate_fraction"] == 0.25
+    assert metrics["reward/object_counting/mean"] == pytest.approx((8 * 0.5 + 4 * 0.75) / 12)
+    assert (metrics["reward/object_counting/count"], metrics["reward/object_rel_distance/count"]) == (12, 4)
+    (row,) = storage.read_jsonl(cfg.metrics_uri)
+    assert row["step"] == 2 and row["steps"] == [{"step": 1, **details[0]}, {"step": 2, **details[1]}]
+    write_run_summary(cfg, state, metrics)
+    summary = storage.read_json(cfg.summary_uri)
+    assert summary["method"] == "grpo" and summary["reward_mean"] == 0.75 and summary["clip_fraction"] == 0.0
+    assert summary["reward/object_rel_distance/mean"] == 1.25 and summary["mean_completion_tokens"] == 4.0
