@@ -69,19 +69,12 @@ demo: os-packages $(VENV)/.installed
 		--out $(DATA)/eval/untrained --title "untrained tiny"
 	$(PY) jobs/evaluate.py --model $(DATA)/runs/tiny/model --benchmark $(DATA)/qa/benchmark/val \
 		--tokens $(TOKENS) --out $(DATA)/eval/trained --title "trained tiny" --baseline $(DATA)/eval/untrained/summary.json
-	$(PY) jobs/train.py --method grpo --init-model $(DATA)/runs/tiny/model --qa $(DATA)/qa/benchmark/train.parquet \
-		--tokens $(TOKENS) --out $(DATA)/runs/tiny-grpo --preset tiny --num-workers 2 --cpus-per-worker 0.5 \
-		--max-steps 8 --micro-batch-size 2 --group-size 4 --max-new-tokens 6 --lr 1e-3 --warmup-ratio 0 \
-		--checkpoint-every 8 --log-every 1
-	$(PY) jobs/evaluate.py --model $(DATA)/runs/tiny-grpo/model --benchmark $(DATA)/qa/benchmark/val.parquet \
-		--tokens $(TOKENS) --out $(DATA)/eval/grpo --title "GRPO-tuned tiny" --baseline $(DATA)/eval/trained/summary.json
-	$(PY) -m serve_apps.demo_client --model $(DATA)/runs/tiny-grpo/model \
+	$(PY) -m serve_apps.demo_client --model $(DATA)/runs/tiny/model \
 		--video $(DATA)/scenes/synthetic/syn-000003/video.mp4 --question "How many chairs are in this room?"
 	@echo "demo done. Under $(DATA): scenes/synthetic (videos + scene.json), qa/ (benchmark + conversations),"
-	@echo "  tokens/tiny-112px-32f-vf (token shards), runs/tiny/model (supervised model),"
-	@echo "  runs/tiny-grpo/model (after GRPO; its rewards per step in runs/tiny-grpo/metrics.jsonl),"
-	@echo "  eval/untrained, eval/trained and eval/grpo (report.html, summary.md, predictions.jsonl, plots/)"
-	@echo "demo page: $(VENV)/bin/serve run serve_apps.app:build_app model=$(DATA)/runs/tiny-grpo/model demo_videos=$(DATA)"
+	@echo "  tokens/tiny-112px-32f-vf (token shards), runs/tiny/model (trained model),"
+	@echo "  eval/untrained and eval/trained (report.html, summary.md, predictions.jsonl, plots/)"
+	@echo "demo page: $(VENV)/bin/serve run serve_apps.app:build_app model=$(DATA)/runs/tiny/model demo_videos=$(DATA)"
 	@echo "  then open http://127.0.0.1:8000/"
 
 test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
