@@ -192,7 +192,7 @@ class BenchmarkRow:
 
 BENCHMARK_COLUMNS = [
     "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "mc_answer",
-    "video", "video_path", "frame_indices", "split",
+    "video", "video_path", "frame_indices", "split", "pruned",
 ]  # fmt: skip
 
 
