@@ -255,8 +255,11 @@ def seed_everything(seed: int) -> None:
 @contextlib.contextmanager
 def single_process_group(backend: str = "gloo") -> Iterator[None]:
     """``torch.distributed`` with this process as its only rank, as a DeepSpeed engine needs, for
-    benchmarks and tools that run outside Ray Train; removed on exit if this call made it."""
+    benchmarks, tools and tests that run outside Ray Train; removed on exit if this call made it
+    (with DeepSpeed's cached copy of its world group, so a later group works, and the rank
+    variables it set)."""
     import deepspeed
+    import deepspeed.utils.groups
 
     if dist.is_initialized():
         yield
@@ -264,12 +267,20 @@ def single_process_group(backend: str = "gloo") -> Iterator[None]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     deepspeed.init_distributed(dist_backend=backend)
     try:
         yield
     finally:
         dist.destroy_process_group()
+        deepspeed.utils.groups._WORLD_GROUP = None  # engines broadcast over its clone; it died with the group
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -564,19 +564,10 @@ def test_grpo_raises_the_mean_official_reward_on_a_toy_set(warm, processor):
 @pytest.fixture(scope="module")
 def gloo_rank():
     """torch.distributed with one gloo rank, as DeepSpeed needs (removed after the module)."""
-    import deepspeed
-    import torch.distributed as dist
+    from vlm3r_core.training import single_process_group
 
-    from serve_apps.ports import free_loopback_port
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("LOCAL_RANK", "0")  # DeepSpeed's engine asks for it
-        dist.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{free_loopback_port()}", rank=0, world_size=1
-        )
-        deepspeed.init_distributed(dist_backend="gloo")
+    with single_process_group():
         yield
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import numpy as np
 import pyarrow as pa
@@ -398,26 +397,13 @@ def test_training_prompts_are_the_evaluation_prompts_token_for_token(tmp_path, m
 @pytest.fixture(scope="module")
 def single_process_group():
     """torch.distributed with one gloo rank, as DeepSpeed needs; one thread (2 shared cores)."""
-    import deepspeed
-    import torch.distributed as dist
+    from vlm3r_core.training import single_process_group
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    saved_env = {k: os.environ.get(k) for k in env}
     threads = torch.get_num_threads()
-    os.environ.update(env)
     torch.set_num_threads(1)
-    deepspeed.init_distributed(dist_backend="gloo")
-    yield
-    dist.destroy_process_group()
+    with single_process_group():
+        yield
     torch.set_num_threads(threads)
-    for k, v in saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.mark.parametrize("stage", [2, 3])
