@@ -87,8 +87,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Local paths made absolute on the driver: Ray Train workers run in their own directory."""
+    init_model = None if cfg.init_model is None else storage.absolute(cfg.init_model)
     return dataclasses.replace(cfg, qa_uri=storage.absolute(cfg.qa_uri), tokens_uri=storage.absolute(cfg.tokens_uri),
-                               out_uri=storage.absolute(cfg.out_uri))  # fmt: skip
+                               out_uri=storage.absolute(cfg.out_uri), init_model=init_model)  # fmt: skip
 
 
 def plan_data(cfg: TrainConfig) -> tuple[TrainingData, JoinPlan]:

@@ -240,6 +240,8 @@ def test_grpo_parses_its_settings_and_refuses_a_start_model_for_supervised_tunin
                    *train.CONFIGS)  # fmt: skip
     assert (cfg.method, cfg.init_model, cfg.micro_batch_size) == ("grpo", "m", 2)
     assert (cfg.grpo.group_size, cfg.grpo.kl_beta, cfg.grpo.answer_form) == (4, 0.0, "think")
+    resolved = train.parse_args(["--qa", "q", "--tokens", "t", "--out", "o", "--method", "grpo", "--init-model", "m"])
+    assert resolved.init_model == str(tmp_path / "m")  # Ray Train workers run in their own directory
     with pytest.raises(ValueError, match="unrecognized arguments: --rollout-lr"):  # --lr is the run's, for both methods
         train.parse_args(["--qa", "q", "--tokens", "t", "--out", "o", "--method", "grpo", "--rollout-lr", "1"])
     assert train.main(["--qa", "q", "--tokens", "t", "--out", "o", "--init-model", "m"]) == 1
