@@ -25,8 +25,6 @@ Prints samples per second per worker for both and their ratio::
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import time
 
 import numpy as np
@@ -39,20 +37,11 @@ from vlm3r_core.training import (
     build_engine,
     lr_at,
     seed_everything,
+    single_process_group,
     train_step,
     training_model_config,
 )
 from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
-
-
-def _init_single_rank() -> None:
-    import deepspeed
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend="gloo")
 
 
 def _samples(model_config, batch_size: int, frames: int, rng: np.random.Generator) -> list[tuple]:
@@ -98,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    _init_single_rank()
+    with single_process_group():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(qa_uri="-", tokens_uri="-", out_uri="-", preset=args.preset, micro_batch_size=args.batch_size,
                       max_steps=args.steps + 2, lr=1e-4)
     vlm_config = training_model_config(cfg)

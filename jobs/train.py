@@ -1,4 +1,4 @@
-"""Tune VLM-3R (LoRA + fusion block + projector) from precomputed token shards: Ray Train + DeepSpeed.
+"""Tune VLM-3R from precomputed token shards, supervised or by GRPO: Ray Train + DeepSpeed + LoRA.
 
 On a cluster::
 
@@ -13,6 +13,15 @@ Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
+Then, optionally, reinforcement tuning with verifiable rewards (GRPO) from the supervised model, on
+the benchmark rows of the same questions (sampled answers scored by the official metric)::
+
+    ray job submit --working-dir . -- python jobs/train.py --method grpo \\
+        --init-model s3://bucket/runs/vlm3r-lora/model --qa s3://bucket/data/qa/benchmark/train \\
+        --tokens s3://bucket/data/tokens/<encoder> --out s3://bucket/runs/vlm3r-grpo --preset vlm3r-7b \\
+        --num-workers 8 --gpu --max-steps 500 --micro-batch-size 1 --grad-accum-steps 4 --lr 1e-6 \\
+        --group-size 8 --temperature 1.0 --kl-beta 0.04
+
 The driver plans the data (``vlm3r_core.train_data``: the join, refused when the shards or the
 questions were made for another preset or frame count, and each worker's share of the videos);
 each worker streams its own videos' token rows in an order fixed by the seed, so a checkpoint's
@@ -20,7 +29,9 @@ data position resumes exactly. Writes checkpoints to ``<out>/checkpoints/<run-na
 with the same ``--out`` and ``--run-name`` resumes; a finished run says so and exits), the trained
 model to ``<out>/model`` with its model card (``README.md``: data, steps, batch, hardware, wall
 time; ``vlm3r_core/model_card.py``), ``<out>/summary.json`` when done and conversations without
-tokens to ``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
+tokens (GRPO: also rows without a computable reward) to ``<out>/skipped.jsonl``, each with the
+reason. Every ``TrainConfig`` and ``GRPOConfig`` field is a flag (``--max-steps``, ``--lr``,
+``--group-size``, ...).
 """
 
 from __future__ import annotations
@@ -40,7 +51,13 @@ from jobs.common import RayOptions, connect
 from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
 from vlm3r_core.model_card import training_provenance, write_provenance
-from vlm3r_core.train_data import JoinPlan, MicroBatchStream, TrainCollator, TrainingData, plan_training_join
+from vlm3r_core.train_data import (
+    JoinPlan,
+    MicroBatchStream,
+    TrainingData,
+    plan_reward_join,
+    plan_training_join,
+)
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
     MetricsWindow,
@@ -51,12 +68,13 @@ from vlm3r_core.training import (
     check_fault_injection,
     export_model,
     finished_run,
+    grpo_progress,
     load_checkpoint,
     lr_at,
     rank_and_world,
     save_checkpoint,
-    train_step,
     training_model_config,
+    training_step,
     write_run_summary,
 )
 
@@ -69,36 +87,41 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Local paths made absolute on the driver: Ray Train workers run in their own directory."""
+    init_model = None if cfg.init_model is None else storage.absolute(cfg.init_model)
     return dataclasses.replace(cfg, qa_uri=storage.absolute(cfg.qa_uri), tokens_uri=storage.absolute(cfg.tokens_uri),
-                               out_uri=storage.absolute(cfg.out_uri))  # fmt: skip
+                               out_uri=storage.absolute(cfg.out_uri), init_model=init_model)  # fmt: skip
 
 
 def plan_data(cfg: TrainConfig) -> tuple[TrainingData, JoinPlan]:
-    """The join of conversations and token shards, split over the workers; records the skipped ones."""
-    plan = plan_training_join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
+    """The join of conversations (GRPO: benchmark rows) and token shards, split over the workers;
+    records the skipped rows with their reasons."""
+    join = plan_reward_join if cfg.method == "grpo" else plan_training_join
+    plan = join(cfg.qa_uri, cfg.tokens_uri, training_model_config(cfg))
     if plan.skipped:
         storage.write_jsonl(cfg.skipped_uri, plan.skipped)
-        print(f"[train] {len(plan.skipped)} conversations have no tokens, skipped: {cfg.skipped_uri}", flush=True)
+        print(f"[train] {len(plan.skipped)} of {len(plan.skipped) + len(plan.examples)} rows skipped "
+              f"(no tokens{', no computable reward' * (cfg.method == 'grpo')}): {cfg.skipped_uri}", flush=True)
     else:
         storage.remove(cfg.skipped_uri)
-    return TrainingData.split(plan, cfg.num_workers, cfg.micro_batch_size), plan
+    return TrainingData.split(plan, cfg.num_workers, cfg.stream_batches[0]), plan
 
 
 def train_loop_per_worker(config: dict) -> None:
-    cfg, data = TrainConfig(**config["train"]), ray.get(config["data"])
+    cfg, data = config["train"], ray.get(config["data"])
     model, processor = build_model_for_training(cfg)
     engine = build_engine(cfg, model)
+    step = training_step(cfg, engine, processor)
     state, metrics = TrainState(), None
     if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(engine, directory)
     rank, world_size = rank_and_world()
-    stream = MicroBatchStream(data, rank, TrainCollator(processor, cfg.dtype), cfg.grad_accum_steps, cfg.seed,
-                              cfg.shuffle_buffer, position=(state.epoch, state.batch_in_epoch))
+    stream = MicroBatchStream(data, rank, step.collate, cfg.stream_batches[1], cfg.seed, cfg.shuffle_buffer,
+                              position=(state.epoch, state.batch_in_epoch))
     window = MetricsWindow(cfg, engine.device)
     while state.step < cfg.max_steps:
         check_fault_injection(state)
-        result = train_step(engine, stream.next_step(), lr_at(cfg, state.step))
+        result = step(stream.next_step(), lr_at(cfg, state.step))
         state.advance(result, stream.position, world_size)
         window.add(result, state)
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
@@ -119,15 +142,15 @@ def hardware(cfg: TrainConfig) -> str:
     return f"{cfg.num_workers} x GPU ({', '.join(kinds) or 'type not reported'})"
 
 
-def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float, plan: JoinPlan) -> None:
+def record_model(cfg: TrainConfig, plan: JoinPlan, metrics: dict | None, wall_time_s: float) -> None:
     """Writes the exported model's provenance and card (a failure here only warns: the model is saved)."""
     if not storage.exists(storage.join(cfg.model_uri, "config.json")):
         return
     try:
         provenance = training_provenance(
-            dataclasses.asdict(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
+            dataclasses.asdict(cfg), used=len(plan.examples), skipped=len(plan.skipped),
+            steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
             hardware=hardware(cfg), wall_time_s=wall_time_s,
-            conversations_used=len(plan.examples), conversations_skipped=len(plan.skipped),
         )  # fmt: skip
         write_provenance(cfg.model_uri, provenance)
     except (OSError, ValueError) as e:
@@ -150,7 +173,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     fault = os.environ.get(FAIL_AT_STEP_ENV)  # test hook (see vlm3r_core.training.check_fault_injection)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": dataclasses.asdict(cfg), "data": ray.put(data)},
+        train_loop_config={"train": cfg, "data": ray.put(data)},
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
@@ -171,8 +194,9 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
-    record_model(cfg, m, time.monotonic() - started, plan)
-    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
+    record_model(cfg, plan, m, time.monotonic() - started)
+    grpo = f" (GRPO, means since the checkpoint before:{grpo_progress(m)})" if "reward_mean" in m else ""
+    print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}{grpo}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0
 

@@ -121,22 +121,3 @@ def ray_local(moto_endpoint):
     yield ray
     ray.shutdown()
 
-
-@pytest.fixture(scope="session")
-def gloo_process_group():
-    """torch.distributed with one gloo rank on loopback, as DeepSpeed's engine needs; one per test
-    session (DeepSpeed keeps its groups once made, so a group destroyed and made again in the same
-    process breaks its later engines)."""
-    import deepspeed
-    import torch.distributed as dist
-
-    from serve_apps.ports import free_loopback_port
-
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_loopback_port())}  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
-        yield
-        dist.destroy_process_group()

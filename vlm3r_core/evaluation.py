@@ -217,10 +217,19 @@ def read_pruned_ids(uri: str) -> set[str]:
 
 
 def iter_benchmark(
-    uri: str, videos_root: str | None = None, split: str | None = None, pruned_ids: str | None = None
+    uri: str,
+    videos_root: str | None = None,
+    split: str | None = None,
+    pruned_ids: str | None = None,
+    on_invalid: Callable[[dict], None] | None = None,
 ) -> Iterator[BenchmarkRow]:
     """Benchmark rows one at a time (:func:`read_benchmark`'s arguments and errors); parquet files
-    and folders of shards (``qa/benchmark/<split>``) are read one row group at a time."""
+    and folders of shards (``qa/benchmark/<split>``) are read one row group at a time.
+
+    Args:
+        on_invalid: given, a row that misses a required field is passed to it as ``{id, video_id,
+            reason}`` and left out instead of raising (GRPO records such rows and goes on).
+    """
     root = videos_root or uri.rstrip("/").rsplit("/", 1)[0]
     pruned = read_pruned_ids(pruned_ids) if pruned_ids else None
     for n, r in enumerate(_iter_records(uri)):
@@ -228,7 +237,12 @@ def iter_benchmark(
             continue
         missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
         if missing:
-            raise ValueError(f"{uri}: row {r.get('id', n)} misses {', '.join(missing)}")
+            reason = f"misses {', '.join(missing)}"
+            if on_invalid is None:
+                raise ValueError(f"{uri}: row {r.get('id', n)} {reason}")
+            video_id = f"{r['dataset']}/{r['scene_name']}" if r.get("dataset") and r.get("scene_name") else None
+            on_invalid({"id": str(r.get("id", n)), "video_id": video_id, "reason": reason})
+            continue
         video = r.get("video") or r.get("video_path")
         if not video:
             video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")

@@ -102,8 +102,8 @@ def is_numeric_question(question_type: str) -> bool:
 
 
 def is_multiple_choice_question(question_type: str) -> bool:
-    """Both benchmarks' multiple-choice types (and their variants) and every extended type."""
-    return question_type in EXTENDED_QUESTION_TYPES or question_type.startswith(MULTIPLE_CHOICE_QUESTION_PREFIXES)
+    """Multiple choice of VSI-Bench, VSTI-Bench and the extended families (all lettered options)."""
+    return question_type.startswith(MULTIPLE_CHOICE_QUESTION_PREFIXES) or question_type in EXTENDED_QUESTION_TYPES
 
 
 def benchmark_of(question_type: str) -> str:

@@ -77,22 +77,22 @@ def write_provenance(model_uri: str, provenance: dict) -> None:
 def training_provenance(
     train_config: dict,
     *,
+    used: int,
+    skipped: int,
     steps: int | None,
     loss: float | None,
     hardware: str,
     wall_time_s: float,
-    conversations_used: int,
-    conversations_skipped: int,
 ) -> dict:
     """The ``provenance.json`` of a model ``jobs/train.py`` exported.
 
     Args:
         train_config: the run's ``TrainConfig`` as a dict (``dataclasses.asdict``).
+        used, skipped: rows of ``qa_uri`` the run's join kept and left out (supervised: without
+            tokens; GRPO: also without a computable reward).
         steps: optimiser steps done; loss: the last reported training loss.
         hardware: what trained it, e.g. ``8 x GPU (H100)``.
         wall_time_s: wall time of the training job that finished the run.
-        conversations_used, conversations_skipped: the training join's counts (conversations with
-            a token row, and without one).
     """
     from vlm3r_core.tokens import read_encoder_info, read_token_table
 
@@ -108,7 +108,7 @@ def training_provenance(
         "hardware": hardware,
         "wall_time_s": round(wall_time_s, 1),
         "data": {
-            "conversations": {"uri": qa, "used": conversations_used, "skipped": conversations_skipped},
+            "conversations": {"uri": qa, "used": used, "skipped": skipped},
             "tokens": {
                 "uri": tokens,
                 "videos": read_token_table(tokens, columns=["video_id"]).num_rows,
@@ -253,6 +253,13 @@ def _evaluation_section(evaluations: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _grpo_settings(cfg: dict) -> str:
+    g = cfg.get("grpo", {})
+    return (f"from `{cfg.get('init_model') or cfg.get('preset')}`; group of {g.get('group_size')}, temperature "
+            f"{g.get('temperature')}, top-p {g.get('top_p')}, clip {g.get('clip_eps')}, KL beta {g.get('kl_beta')}, "
+            f"format weight {g.get('format_weight')}, answer form {g.get('answer_form')}")  # fmt: skip
+
+
 def _origin_section(provenance: dict) -> list[str]:
     kind = provenance.get("kind")
     if kind == "converted":
@@ -267,8 +274,11 @@ def _origin_section(provenance: dict) -> list[str]:
         cfg, data = provenance.get("train_config", {}), provenance.get("data", {})
         conv, tokens = data.get("conversations", {}), data.get("tokens", {})
         enc = tokens.get("encoder", {})
+        grpo = cfg.get("method") == "grpo"
         rows = [
-            ("conversations", f"`{conv.get('uri')}`: {conv.get('used')} used, {conv.get('skipped')} without tokens"),
+            ("benchmark rows (GRPO)" if grpo else "conversations",
+             f"`{conv.get('uri')}`: {conv.get('used')} used, {conv.get('skipped')} without tokens"
+             + (" or a computable reward" if grpo else "")),
             ("token shards", f"`{tokens.get('uri')}`: {tokens.get('videos')} videos"
                              + (f" (manifest `{tokens['manifest']}`)" if tokens.get("manifest") else "")
                              + f", encoder {enc.get('preset')} {enc.get('image_size')} px, "
@@ -279,6 +289,7 @@ def _origin_section(provenance: dict) -> list[str]:
             ("optimiser", f"AdamW lr {cfg.get('lr')}, warmup {cfg.get('warmup_ratio')}, cosine, weight decay "
                           f"{cfg.get('weight_decay')}, clip {cfg.get('max_grad_norm')}, seed {cfg.get('seed')}"),
             ("DeepSpeed", f"ZeRO-{cfg.get('zero_stage')}"),
+            *([("GRPO", _grpo_settings(cfg))] if grpo else []),
             ("hardware", provenance.get("hardware")),
             ("wall time", f"{provenance.get('wall_time_s')} s"),
             ("final loss", "-" if provenance.get("final_loss") is None else f"{provenance['final_loss']:.4f}"),

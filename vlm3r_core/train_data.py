@@ -28,12 +28,18 @@ checkpoint needs: a resumed run takes exactly the batches the interrupted one to
 read one video (one parquet row group) at a time by a background thread ahead of first use and
 dropped after their last use in the epoch; each video is held once however many questions it has.
 
+GRPO (``TrainConfig.method = "grpo"``) streams benchmark rows the same way: :func:`plan_reward_join`
+keeps the rows with a computable reward (:func:`vlm3r_core.rl.reward_skip_reason`; the others are
+skipped with the reason) whose video has tokens, and :class:`RolloutCollator` renders each one
+into an ``rl.RLExample`` with the same ``Vlm3rProcessor.user_message`` call.
+
 Shapes: ``B`` samples, ``T`` frames, ``N`` CUT3R patches, ``P`` SigLIP patches, ``C`` CUT3R
 channels, ``Cv`` SigLIP channels, ``L`` text tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import posixpath
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,7 +50,9 @@ import numpy as np
 import torch
 
 from vlm3r_core import storage
+from vlm3r_core.evaluation import iter_benchmark
 from vlm3r_core.prompting import VIDEO_PLACEHOLDER
+from vlm3r_core.rl.rewards import RLExample, build_rl_example, reward_skip_reason
 from vlm3r_core.tokens import (
     EncoderInfo,
     VideoTokens,
@@ -88,12 +96,16 @@ class TrainingExample:
         )
 
 
-def _video_id(row: dict) -> str:
+def _video_id(row: dict) -> str | None:
+    """The key that joins a row to its video's token row: ``video_id``, else ``<dataset>/<scene_name>``."""
     if row.get("video_id"):
         return str(row["video_id"])
     if row.get("dataset") and row.get("scene_name"):
         return f"{row['dataset']}/{row['scene_name']}"
-    raise ValueError(f"training row {row.get('id')!r} has no video_id (nor dataset + scene_name) to join tokens on")
+    return None
+
+
+NO_VIDEO_ID = "no video_id (nor dataset + scene_name) to join tokens on"
 
 
 def example_from_row(row: dict) -> TrainingExample:
@@ -103,6 +115,9 @@ def example_from_row(row: dict) -> TrainingExample:
     otherwise the row must be in LLaVA form: one human turn with ``<image>`` once, then one answer.
     """
     row_id = str(row.get("id", "?"))
+    video_id = _video_id(row)
+    if video_id is None:
+        raise ValueError(f"training row {row_id!r} has {NO_VIDEO_ID}")
     if row.get("question") is not None:
         question, answer = str(row["question"]), str(row.get("answer") or "")
         if VIDEO_PLACEHOLDER in question:
@@ -110,7 +125,7 @@ def example_from_row(row: dict) -> TrainingExample:
         if not answer.strip():
             raise ValueError(f"training row {row_id!r}: a row with a question needs a non-empty answer")
         options = tuple(str(o) for o in (row.get("options") or ()))
-        return TrainingExample(id=row_id, video_id=_video_id(row), answer=answer, question=question, options=options)
+        return TrainingExample(id=row_id, video_id=video_id, answer=answer, question=question, options=options)
     turns = row.get("conversations")
     if turns is None or len(turns) != 2:
         n = "no" if turns is None else len(turns)
@@ -122,7 +137,7 @@ def example_from_row(row: dict) -> TrainingExample:
         raise ValueError(f"training row {row_id!r}: the human turn must contain {VIDEO_PLACEHOLDER!r} exactly once")
     if not str(gpt.get("value", "")).strip():
         raise ValueError(f"training row {row_id!r}: empty answer")
-    return TrainingExample(id=row_id, video_id=_video_id(row), answer=str(gpt["value"]), user_message=str(human["value"]))
+    return TrainingExample(id=row_id, video_id=video_id, answer=str(gpt["value"]), user_message=str(human["value"]))
 
 
 TRAINING_COLUMNS = ["id", "video_id", "dataset", "scene_name", "question", "options", "answer", "conversations"]
@@ -151,6 +166,15 @@ def _is_file(uri: str) -> bool:
     return posixpath.splitext(uri.rstrip("/"))[1] in QA_SUFFIXES
 
 
+def _check_unique_ids(uri: str, examples: Sequence) -> None:
+    """The order of an epoch sorts examples by id, so ids must be unique."""
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise ValueError(f"{uri}: duplicate training row id {ex.id!r}")
+        seen.add(ex.id)
+
+
 def read_training_examples(uri: str) -> list[TrainingExample]:
     """Reads training conversations from a file or a folder of ``.jsonl``/``.json``/``.parquet``
     files (a split of a generated data set: ``qa/conversations/train``), streaming: parquet shards
@@ -164,12 +188,54 @@ def read_training_examples(uri: str) -> list[TrainingExample]:
     examples = [example_from_row(row) for f in files for row in _iter_rows(f)]
     if not examples:
         raise ValueError(f"{uri}: no training conversations found")
-    seen: set[str] = set()
-    for ex in examples:
-        if ex.id in seen:
-            raise ValueError(f"{uri}: duplicate training row id {ex.id!r}")
-        seen.add(ex.id)
+    _check_unique_ids(uri, examples)
     return examples
+
+
+@dataclass(frozen=True)
+class RewardRow:
+    """A benchmark row with a computable reward, for GRPO: what :func:`build_rl_example` needs.
+
+    Its user turn is rendered per step (:meth:`render`) from the video's token row, as a
+    :class:`TrainingExample`'s is.
+    """
+
+    id: str
+    video_id: str
+    question_type: str
+    question: str
+    options: tuple[str, ...]
+    ground_truth: str
+    mc_answer: str | None
+
+    def render(self, processor: Vlm3rProcessor, video: VideoTokens, answer_form: str) -> RLExample:
+        fields = {f: getattr(self, f) for f in ("id", "question_type", "question", "options", "ground_truth", "mc_answer")}
+        return build_rl_example(fields, video.timestamps.tolist(), video.duration_s, processor, answer_form)
+
+
+def read_reward_rows(uri: str) -> tuple[list[RewardRow], list[dict]]:
+    """Benchmark rows (a file or a split folder ``qa/benchmark/<split>``, read by
+    :func:`vlm3r_core.evaluation.iter_benchmark` as evaluation reads them) with a computable reward,
+    and the others as ``{id, video_id, reason}`` (a missing field, or
+    :func:`vlm3r_core.rl.reward_skip_reason`).
+
+    Raises:
+        ValueError: no rows at all, or duplicate ids.
+    """
+    kept: list[RewardRow] = []
+    skipped: list[dict] = []
+    for row in iter_benchmark(uri, on_invalid=skipped.append):
+        reason = reward_skip_reason(dataclasses.asdict(row))
+        if reason is not None:
+            skipped.append({"id": row.id, "video_id": row.video_id, "reason": reason})
+            continue
+        kept.append(RewardRow(id=row.id, video_id=row.video_id, question_type=row.question_type, question=row.question,
+                              options=tuple(str(o) for o in row.options), ground_truth=row.ground_truth,
+                              mc_answer=row.mc_answer))  # fmt: skip
+    if not kept and not skipped:
+        raise ValueError(f"{uri}: no benchmark rows found")
+    _check_unique_ids(uri, kept)
+    return kept, skipped
 
 
 # The join (driver) --------------------------------------------------------------------------------
@@ -179,12 +245,12 @@ def read_training_examples(uri: str) -> list[TrainingExample]:
 class JoinPlan:
     """Which examples can be trained on (and the shard holding each one's video), which cannot and why."""
 
-    examples: list[TrainingExample]
+    examples: list[TrainingExample] | list[RewardRow]
     skipped: list[dict]  # {id, video_id, reason}
     shards: dict[str, str]  # video_id -> shard URI, for the videos of ``examples``
 
 
-def plan_join(examples: Sequence[TrainingExample], video_shards: Mapping[str, str]) -> JoinPlan:
+def plan_join(examples: Sequence[TrainingExample | RewardRow], video_shards: Mapping[str, str]) -> JoinPlan:
     """Splits examples into those whose video has a token row and those skipped (with the reason)."""
     kept = [ex for ex in examples if ex.video_id in video_shards]
     skipped = [
@@ -256,6 +322,30 @@ def check_qa_frames(qa_uri: str, model: Vlm3rConfig) -> None:
         )
 
 
+def plan_reward_join(qa_uri: str, tokens_uri: str, model: Vlm3rConfig) -> JoinPlan:
+    """GRPO's join: benchmark rows with a computable reward whose video has tokens.
+
+    ``skipped`` lists the rows without a computable reward and those without a token row, each
+    with the reason. The same checks of the shards and the questions as
+    :func:`plan_training_join`.
+
+    Raises:
+        ValueError: as :func:`plan_training_join`; no row with both a reward and tokens.
+    """
+    check_encoder(read_encoder_info(tokens_uri), model, tokens_uri)
+    check_qa_frames(qa_uri, model)
+    rows, unscorable = read_reward_rows(qa_uri)
+    plan = plan_join(rows, read_video_shards(tokens_uri))
+    if not plan.examples:
+        reasons = sorted({s["reason"] for s in unscorable + plan.skipped})
+        raise ValueError(
+            f"no row of {qa_uri} has both a computable reward and a token row in {tokens_uri} (reasons: "
+            f"{'; '.join(reasons[:3])}); GRPO reads benchmark rows with question_type, ground_truth, options "
+            "and mc_answer, e.g. <root>/qa/benchmark/train"
+        )
+    return JoinPlan(examples=plan.examples, skipped=unscorable + plan.skipped, shards=plan.shards)
+
+
 def plan_training_join(qa_uri: str, tokens_uri: str, model: Vlm3rConfig) -> JoinPlan:
     """Reads the conversations, the shard set's encoder and video ids, and plans the join.
 
@@ -291,7 +381,7 @@ class TrainingData:
             other ranks leave their surplus of the epoch's order out).
     """
 
-    examples: dict[str, tuple[TrainingExample, ...]]
+    examples: dict[str, tuple[TrainingExample, ...]] | dict[str, tuple[RewardRow, ...]]
     shards: dict[str, str]
     ranks: tuple[tuple[str, ...], ...]
     batch_size: int
@@ -406,6 +496,26 @@ class TrainBatch:
 Sample = tuple[TrainingExample, VideoTokens]
 
 
+def video_features(samples: Sequence[tuple[TrainingExample | RewardRow, VideoTokens]], dtype: torch.dtype) -> VideoFeatures:
+    """The samples' token rows padded over frames into model input (B, T, ...).
+
+    Raises:
+        ValueError: a token row without ``vision_features`` (training runs no frozen encoder).
+    """
+    for ex, video in samples:
+        if video.vision_features is None:
+            raise ValueError(
+                f"video {video.video_id!r} (row {ex.id!r}) has no vision_features: training runs no frozen "
+                "encoder, so the token shards must be precomputed with the SigLIP features"
+            )
+    return VideoFeatures.from_videos(
+        [v.vision_features for _, v in samples],
+        [v.camera_tokens for _, v in samples],
+        [v.patch_tokens for _, v in samples],
+        dtype=dtype,
+    )
+
+
 class TrainCollator:
     """Samples (a conversation and its video's token row) -> :class:`TrainBatch`.
 
@@ -421,20 +531,9 @@ class TrainCollator:
         self.dtype = dtype
 
     def __call__(self, samples: Sequence[Sample]) -> TrainBatch:
-        for ex, video in samples:
-            if video.vision_features is None:
-                raise ValueError(
-                    f"video {video.video_id!r} (row {ex.id!r}) has no vision_features: training runs no frozen "
-                    "encoder, so the token shards must be precomputed with the SigLIP features"
-                )
+        features = video_features(samples, self.dtype)
         messages = [ex.render(self.processor, video) for ex, video in samples]
         text = self.processor.build_batch(messages, answers=[ex.answer for ex, _ in samples])
-        features = VideoFeatures.from_videos(
-            [v.vision_features for _, v in samples],
-            [v.camera_tokens for _, v in samples],
-            [v.patch_tokens for _, v in samples],
-            dtype=self.dtype,
-        )
         frames = int(features.frame_mask.sum())
         video_tokens = frames * self.processor.config.tokens_per_frame - len(samples)
         return TrainBatch(
@@ -444,6 +543,38 @@ class TrainCollator:
             features=features,
             num_tokens=int(text.attention_mask.sum()) + video_tokens,
         )
+
+
+@dataclass
+class RolloutInputs:
+    """GRPO's prompts of one step: the rendered examples and their videos' features (B, T, ...)."""
+
+    examples: list[RLExample]
+    features: VideoFeatures
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.examples)
+
+
+class RolloutCollator:
+    """Samples (a :class:`RewardRow` and its video's token row) -> :class:`RolloutInputs`.
+
+    Args:
+        processor: renders the user turn (``user_message``, as evaluation and serving do).
+        dtype: dtype of the token arrays fed to the model.
+        answer_form: ``"plain"`` or ``"think"`` (``GRPOConfig.answer_form``).
+    """
+
+    def __init__(self, processor: Vlm3rProcessor, dtype: torch.dtype, answer_form: str):
+        self.processor = processor
+        self.dtype = dtype
+        self.answer_form = answer_form
+
+    def __call__(self, samples: Sequence[tuple[RewardRow, VideoTokens]]) -> RolloutInputs:
+        features = video_features(samples, self.dtype)
+        examples = [row.render(self.processor, video, self.answer_form) for row, video in samples]
+        return RolloutInputs(examples=examples, features=features)
 
 
 # Streaming on a worker ----------------------------------------------------------------------------------

@@ -1,24 +1,33 @@
 """LoRA tuning of VLM-3R from precomputed tokens: the whole training policy in one place.
 
+Two methods share everything here but the step: ``sft``, supervised tuning on the training
+conversations, and ``grpo``, reinforcement tuning after it with verifiable rewards on the
+benchmark rows (:mod:`vlm3r_core.rl`).
+
 What is trained (the paper's recipe): LoRA (rank 128, alpha 256, dropout 0.05) on every linear
 layer of the LLM, plus the fusion block and the projector; SigLIP, CUT3R and the LLM base weights
 stay frozen. The frozen encoders never run: their outputs come from token shards.
 
 This module holds everything a training worker does, without Ray:
 
-- :class:`TrainConfig`: run settings (URIs, steps, batch, optimiser, LoRA, DeepSpeed, checkpoints).
+- :class:`TrainConfig`: run settings (method, URIs, steps, batch, optimiser, LoRA, DeepSpeed,
+  checkpoints, and GRPO's ``GRPOConfig``).
 - The dtype / LoRA / DeepSpeed policy: :func:`build_model_for_training` (bf16 on GPU, fp32 on
-  CPU), :func:`deepspeed_config` (the packaged ``configs/deepspeed/zero{2,3}.json`` with the run's
+  CPU; for GRPO the policy of ``rl.prepare_policy`` on the starting model),
+  :func:`deepspeed_config` (the packaged ``configs/deepspeed/zero{2,3}.json`` with the run's
   batch, accumulation, clipping and precision filled in) and :func:`build_engine`.
-- The step: :func:`lr_at` (linear warmup then cosine to zero, a pure function of the step) and
-  :func:`train_step` (one optimiser step over ``grad_accum_steps`` micro-batches).
+- The step: :func:`lr_at` (linear warmup then cosine to zero, a pure function of the step),
+  :func:`train_step` (one supervised optimiser step over ``grad_accum_steps`` micro-batches) and
+  :func:`training_step`, the method's step for the worker loop (:class:`SupervisedStep`,
+  :class:`GRPOStep`: rollouts, rewards and one policy update, with the metrics of all ranks).
 - Checkpoints: :class:`TrainState`, :func:`save_checkpoint` / :func:`load_checkpoint` (DeepSpeed
   state of every rank, trainable weights only, the data position and every rank's random state,
   so a resumed run repeats the interrupted steps bit for bit) and :func:`export_model`
   (``save_pretrained``), after which :func:`write_run_summary` marks the run finished
   (:func:`finished_run`).
-- :class:`MetricsWindow`: loss of every step, learning rate, samples and tokens per second between
-  reports.
+- :class:`MetricsWindow`: loss of every step (GRPO: every step's rewards per question type, KL,
+  answer length, degenerate and clip fractions too), learning rate, samples and tokens per second
+  between reports.
 - A test hook, :func:`check_fault_injection`: the environment variable ``VLM3R_TEST_FAIL_AT_STEP``
   makes every worker fail once, to test recovery.
 
@@ -27,15 +36,19 @@ This module holds everything a training worker does, without Ray:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
 import random
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -43,9 +56,18 @@ import torch.distributed as dist
 
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
-from vlm3r_core.train_data import TrainBatch
-from vlm3r_core.vlm import COMPONENTS, Vlm3rForConditionalGeneration, Vlm3rProcessor
-from vlm3r_core.vlm.checkpoint import CONFIG_FILE
+from vlm3r_core.rl import (
+    DeepSpeedPolicyUpdate,
+    GRPOConfig,
+    GRPOStepResult,
+    HFRolloutBackend,
+    grpo_step,
+    merge_step_results,
+    prepare_policy,
+)
+from vlm3r_core.train_data import RolloutCollator, RolloutInputs, TrainBatch, TrainCollator
+from vlm3r_core.vlm import COMPONENTS, Vlm3rConfig, Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm.checkpoint import CONFIG_FILE, read_saved_config
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +83,28 @@ class TrainConfig:
     """Settings of one training run.
 
     Args:
-        qa_uri: training conversations (LLaVA form with ``video_id``): a file or a folder.
+        qa_uri: ``sft``: training conversations (LLaVA form with ``video_id``); ``grpo``: benchmark
+            rows (a split folder ``<root>/qa/benchmark/train``, as evaluation reads them); a file or a folder.
         tokens_uri: token shard set ``<root>/tokens/<encoder>`` with ``vision_features``.
         out_uri: run folder: checkpoints under ``<out>/checkpoints/<run_name>``, the exported
             model at ``<out>/model``, the metrics of every checkpoint in ``<out>/metrics.jsonl``,
             skipped conversations in ``<out>/skipped.jsonl``, the finished run in
             ``<out>/summary.json``.
+        method: ``sft`` (supervised tuning on conversations) or ``grpo`` (reinforcement tuning
+            after it: sampled answers scored by the official metric, see ``GRPOConfig``).
         preset: model preset (``vlm3r_core.presets``).
+        init_model: ``grpo`` only: the model it starts from, a ``save_pretrained`` folder or URI
+            (the supervised run's ``<out>/model``) of the same preset; none: the preset's base model.
         run_name: Ray Train run name; re-running with the same ``out_uri`` and name resumes.
         num_workers: data-parallel training workers.
         use_gpu: one GPU per worker, bf16 and NCCL; otherwise CPU, fp32 and gloo.
         cpus_per_worker: CPUs reserved per worker.
         zero_stage: DeepSpeed ZeRO stage, 2 or 3.
         max_steps: optimiser steps of the whole run.
-        micro_batch_size: samples per worker per forward pass.
-        grad_accum_steps: micro-batches per optimiser step.
+        micro_batch_size: samples per worker per forward pass (``grpo``: prompts, each forwarded
+            with its ``group_size`` sampled answers).
+        grad_accum_steps: micro-batches per optimiser step (``grpo``: the step's
+            ``micro_batch_size * grad_accum_steps`` prompts are sampled together).
         lr: peak learning rate (paper: 2e-5 for the 7B model).
         warmup_ratio: fraction of ``max_steps`` with a linear warmup (paper: 0.03).
         weight_decay: AdamW weight decay (paper: 0).
@@ -90,12 +119,15 @@ class TrainConfig:
         keep_checkpoints: checkpoints kept in storage (older ones are deleted).
         max_failures: worker-group restarts from the last checkpoint before the run fails.
         log_every: steps between progress lines of rank 0.
+        grpo: GRPO's settings (``method = "grpo"``).
     """
 
     qa_uri: str = field(metadata={"flag": "--qa"})
     tokens_uri: str = field(metadata={"flag": "--tokens"})
     out_uri: str = field(metadata={"flag": "--out"})
+    method: Literal["sft", "grpo"] = "sft"
     preset: str = "tiny"
+    init_model: str | None = None
     run_name: str = "vlm3r-lora"
     num_workers: int = 2
     use_gpu: bool = field(default=False, metadata={"cli": False})  # from the job's --gpu (RayOptions)
@@ -117,11 +149,16 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 3
     log_every: int = 10
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def __post_init__(self):
         for name in ("qa_uri", "tokens_uri", "out_uri", "preset", "run_name"):
             if not getattr(self, name):
                 raise ValueError(f"TrainConfig.{name} must not be empty")
+        if self.method not in ("sft", "grpo"):
+            raise ValueError(f"method must be 'sft' or 'grpo', got {self.method!r}")
+        if self.init_model is not None and self.method != "grpo":
+            raise ValueError("init_model is where method 'grpo' starts; supervised tuning starts from the preset")
         if self.zero_stage not in DEEPSPEED_CONFIGS:
             raise ValueError(f"zero_stage must be one of {sorted(DEEPSPEED_CONFIGS)}, got {self.zero_stage}")
         for name in ("num_workers", "max_steps", "micro_batch_size", "grad_accum_steps", "checkpoint_every",
@@ -166,6 +203,15 @@ class TrainConfig:
     def warmup_steps(self) -> int:
         return math.ceil(self.warmup_ratio * self.max_steps)
 
+    @property
+    def stream_batches(self) -> tuple[int, int]:
+        """``(samples per batch, batches per step)`` of each worker's data stream: the micro-batches
+        for ``sft``; for ``grpo`` one batch of the step's prompts (sampled together; the update
+        splits their answers into ``grad_accum_steps`` forwards itself)."""
+        if self.method == "grpo":
+            return self.micro_batch_size * self.grad_accum_steps, 1
+        return self.micro_batch_size, self.grad_accum_steps
+
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warmup, then cosine to zero.
@@ -206,36 +252,93 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def single_process_group(backend: str = "gloo") -> Iterator[None]:
+    """``torch.distributed`` with this process as its only rank, as a DeepSpeed engine needs, for
+    benchmarks, tools and tests that run outside Ray Train; removed on exit if this call made it
+    (with DeepSpeed's cached copy of its world group, so a later group works, and the rank
+    variables it set)."""
+    import deepspeed
+    import deepspeed.utils.groups
+
+    if dist.is_initialized():
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    deepspeed.init_distributed(dist_backend=backend)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        deepspeed.utils.groups._WORLD_GROUP = None  # engines broadcast over its clone; it died with the group
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def training_model_config(cfg: TrainConfig):
-    """The preset's ``Vlm3rConfig`` with the run's dtype (bf16 on GPU, fp32 on CPU) and LoRA overrides."""
+def training_model_config(cfg: TrainConfig) -> Vlm3rConfig:
+    """The config of the model trained: the preset's (or ``init_model``'s) with the run's dtype
+    (bf16 on GPU, fp32 on CPU) and LoRA overrides.
+
+    Raises:
+        ValueError: ``init_model`` is a model of another preset.
+    """
     lora = {"lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout}
-    overrides = {k: v for k, v in lora.items() if v is not None}
-    return get_preset(cfg.preset, dtype="bfloat16" if cfg.use_gpu else "float32", **overrides)
+    overrides = {k: v for k, v in lora.items() if v is not None} | {"dtype": "bfloat16" if cfg.use_gpu else "float32"}
+    if cfg.init_model is None:
+        return get_preset(cfg.preset, **overrides)
+    config = read_saved_config(cfg.init_model)
+    if config.name != cfg.preset:
+        raise ValueError(f"init_model {cfg.init_model} is a {config.name!r} model, not preset {cfg.preset!r}")
+    return config.replace(**overrides)
+
+
+TRAINED_PARTS = tuple(c for c in COMPONENTS if c not in ("vision_tower", "cut3r"))
 
 
 def build_model_for_training(cfg: TrainConfig) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
-    """The VLM with LoRA applied, only fusion + projector + newline + LoRA trainable, and its processor.
+    """The model a run trains, and its processor.
+
+    ``sft``: the VLM with LoRA applied, only fusion + projector + newline + LoRA trainable; the
+    LLM's base weights are loaded (with the projector init of a LLaVA-Video checkpoint). ``grpo``:
+    the model of ``init_model`` (or the preset's base model) made a policy by
+    ``rl.prepare_policy``: its supervised LoRA merged into the LLM, a fresh adapter the only
+    trainable part, the model as loaded the reference.
 
     The frozen encoders are not built (they never run in training, their outputs come from the
-    token shards); the LLM's base weights are loaded (with the projector init of a LLaVA-Video
-    checkpoint). The
-    LoRA init is seeded with ``cfg.seed`` on every rank (identical replicas); afterwards the seed
-    is offset by the rank so dropout differs between workers.
+    token shards). The new adapter's init is seeded with ``cfg.seed`` on every rank (identical
+    replicas); afterwards the seed is offset by the rank so dropout (SFT) and sampling (GRPO)
+    differ between workers.
     """
     vlm_config = training_model_config(cfg)
     seed_everything(cfg.seed)
-    trained_parts = [c for c in COMPONENTS if c not in ("vision_tower", "cut3r")]
-    model = Vlm3rForConditionalGeneration.from_config(vlm_config, components=trained_parts)
-    model.apply_lora()
+    if cfg.method == "grpo" and cfg.init_model is not None:
+        model = Vlm3rForConditionalGeneration.from_pretrained(cfg.init_model, components=TRAINED_PARTS)
+        processor = Vlm3rProcessor.from_pretrained(cfg.init_model)
+        model.config = vlm_config  # the run's dtype, and LoRA overrides for the new adapter
+    else:
+        model = Vlm3rForConditionalGeneration.from_config(vlm_config, components=TRAINED_PARTS)
+        processor = Vlm3rProcessor.from_config(vlm_config)
+    if cfg.method == "grpo":
+        prepare_policy(model)
+    else:
+        model.apply_lora()
     model.to(cfg.dtype).train()
     seed_everything(cfg.seed + rank_and_world()[0])
-    return model, Vlm3rProcessor.from_config(vlm_config)
+    return model, processor
 
 
 def build_engine(cfg: TrainConfig, model: torch.nn.Module):
@@ -254,14 +357,25 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module):
     return engine
 
 
+def set_lr(engine, lr: float) -> None:
+    """Sets the learning rate of the engine's optimiser for the next step."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
 @dataclass(frozen=True)
 class StepResult:
-    """One optimiser step on one worker: mean loss of its micro-batches, samples, LLM tokens, grad norm."""
+    """One optimiser step on one worker: mean loss of its micro-batches, samples, LLM tokens, grad norm.
+
+    ``details``: the method's metrics of the step over all workers (GRPO:
+    ``GRPOStepResult.to_dict()`` of the merged step), the same on every rank; None for SFT.
+    """
 
     loss: float
     num_samples: int
     num_tokens: int
     grad_norm: float | None
+    details: dict | None = None
 
 
 def train_step(engine, micro_batches: Sequence[TrainBatch], lr: float) -> StepResult:
@@ -279,8 +393,7 @@ def train_step(engine, micro_batches: Sequence[TrainBatch], lr: float) -> StepRe
         raise ValueError(
             f"train_step needs {engine.gradient_accumulation_steps()} micro-batches, got {len(micro_batches)}"
         )
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(engine, lr)
     losses = []
     for batch in micro_batches:
         batch = batch.to(engine.device)
@@ -299,6 +412,73 @@ def train_step(engine, micro_batches: Sequence[TrainBatch], lr: float) -> StepRe
         num_tokens=sum(b.num_tokens for b in micro_batches),
         grad_norm=None if grad_norm is None else float(grad_norm),
     )
+
+
+class TrainingStep(Protocol):
+    """What differs between the methods on a worker: ``collate`` turns the stream's samples into
+    a batch, a call runs one optimiser step on the step's batches at learning rate ``lr``."""
+
+    collate: Callable[[Sequence], object]
+
+    def __call__(self, batches: Sequence, lr: float) -> StepResult: ...
+
+
+class SupervisedStep:
+    """``sft``: :func:`train_step` on the collated micro-batches (:class:`TrainCollator`)."""
+
+    def __init__(self, cfg: TrainConfig, engine, processor: Vlm3rProcessor):
+        self.engine = engine
+        self.collate = TrainCollator(processor, cfg.dtype)
+
+    def __call__(self, batches: Sequence[TrainBatch], lr: float) -> StepResult:
+        return train_step(self.engine, batches, lr)
+
+
+class GRPOStep:
+    """``grpo``: one ``rl.grpo_step`` on this worker's prompts of the step (:class:`RolloutCollator`).
+
+    Rollouts run on the worker's own policy (``engine.module``; ZeRO-3 gathers its weights for
+    generation), the update through the DeepSpeed engine, forwarding ``micro_batch_size`` prompts'
+    answers at a time. The workers agree whether to update (``rl.signal_on_any_rank``), and every
+    step's metrics are merged over all workers (``rl.merge_step_results``) into
+    ``StepResult.details``. A collective: every rank calls it at every step.
+    """
+
+    def __init__(self, cfg: TrainConfig, engine, processor: Vlm3rProcessor):
+        self.engine, self.processor = engine, processor
+        self.config = dataclasses.replace(
+            cfg.grpo, micro_batch_size=cfg.micro_batch_size * cfg.grpo.group_size, lr=cfg.lr,
+            weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        )  # fmt: skip
+        self.update = DeepSpeedPolicyUpdate(engine)
+        self.backend = HFRolloutBackend(engine.module, self.update.gathered_parameters)
+        self.collate = RolloutCollator(processor, cfg.dtype, cfg.grpo.answer_form)
+
+    def __call__(self, batches: Sequence[RolloutInputs], lr: float) -> StepResult:
+        (inputs,) = batches
+        set_lr(self.engine, lr)
+        result = grpo_step(self.engine.module, self.processor, inputs.examples, inputs.features.to(self.engine.device),
+                           self.config, self.backend, self.update)  # fmt: skip
+        merged = merge_step_results(all_ranks(result))
+        completions = inputs.num_samples * self.config.group_size  # the same on every worker
+        return StepResult(loss=result.loss, num_samples=inputs.num_samples,
+                          num_tokens=round(merged.mean_completion_tokens * completions),
+                          grad_norm=result.grad_norm, details=merged.to_dict())  # fmt: skip
+
+
+def training_step(cfg: TrainConfig, engine, processor: Vlm3rProcessor) -> TrainingStep:
+    """The step of ``cfg.method`` for the worker loop."""
+    return (GRPOStep if cfg.method == "grpo" else SupervisedStep)(cfg, engine, processor)
+
+
+def all_ranks(value: GRPOStepResult) -> list[GRPOStepResult]:
+    """``value`` of every rank, in rank order (a collective; ``[value]`` without ``torch.distributed``)."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [value]
+    out: list = [None] * world
+    dist.all_gather_object(out, value)
+    return out
 
 
 @dataclass
@@ -395,12 +575,16 @@ def write_run_summary(cfg: TrainConfig, state: TrainState, metrics: dict | None)
         return
     storage.write_json(cfg.summary_uri, {
         "run_name": cfg.run_name,
+        "method": cfg.method,
         "step": state.step,
         "epoch": state.epoch,
         "samples_seen": state.samples_seen,
         "tokens_seen": state.tokens_seen,
         "loss": None if metrics is None else metrics["loss"],
+        "reward_mean": None if metrics is None else metrics.get("reward_mean"),
         "model": cfg.model_uri,
+        # GRPO: the last window's means (grpo_window_means), rewards per question type included
+        **{k: v for k, v in (metrics or {}).items() if k in GRPO_WINDOW_KEYS or k.startswith("reward/")},
     })
 
 
@@ -410,12 +594,21 @@ def finished_run(cfg: TrainConfig) -> dict | None:
     if not storage.exists(cfg.summary_uri):
         return None
     summary = storage.read_json(cfg.summary_uri)
-    done = summary.get("run_name") == cfg.run_name and summary.get("step", 0) >= cfg.max_steps
+    same = summary.get("run_name") == cfg.run_name and summary.get("method", "sft") == cfg.method
+    done = same and summary.get("step", 0) >= cfg.max_steps
     return summary if done and storage.exists(storage.join(cfg.model_uri, CONFIG_FILE)) else None
 
 
+GRPO_WINDOW_KEYS = ("reward_mean", "reward_std", "accuracy_mean", "format_mean", "kl", "clip_fraction",
+                    "degenerate_fraction", "mean_completion_tokens")  # fmt: skip
+
+
 class MetricsWindow:
-    """Loss and throughput since the last report; rank 0 logs progress every ``log_every`` steps."""
+    """Loss and throughput since the last report; rank 0 logs progress every ``log_every`` steps.
+
+    Steps with ``StepResult.details`` (GRPO) are also kept whole: the metrics log lists them
+    under ``steps``, and the report averages :data:`GRPO_WINDOW_KEYS` over the window.
+    """
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
@@ -427,6 +620,7 @@ class MetricsWindow:
         self.samples = 0
         self.tokens = 0
         self.grad_norm: float | None = None
+        self.steps: list[dict] = []
         self.started = time.perf_counter()
 
     def add(self, result: StepResult, state: TrainState) -> None:
@@ -434,15 +628,20 @@ class MetricsWindow:
         self.samples += result.num_samples
         self.tokens += result.num_tokens
         self.grad_norm = result.grad_norm
+        if result.details is not None:
+            self.steps.append({"step": state.step, **result.details})
         if state.step % self.cfg.log_every == 0 and rank_and_world()[0] == 0:
-            logger.info("[train] step %d/%d loss %.4f lr %.3g", state.step, self.cfg.max_steps, result.loss,
-                        lr_at(self.cfg, state.step - 1))
+            loss = result.loss if result.details is None else result.details["loss"]  # GRPO: over all workers
+            logger.info("[train] step %d/%d loss %.4f lr %.3g%s", state.step, self.cfg.max_steps, loss,
+                        lr_at(self.cfg, state.step - 1), grpo_progress(result.details))
 
     def metrics(self, state: TrainState) -> dict:
         """Metrics of the window, averaged (loss) or summed (throughput) over all workers; resets it.
 
         ``step_losses`` holds the loss of each step of the window (mean over workers), ending
         with step ``state.step``. A collective: every rank must call it at the same step.
+        Samples are prompts for GRPO, tokens its sampled answer tokens. The metrics log
+        (``cfg.metrics_uri``) also gets GRPO's ``steps``; the returned report does not.
         """
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         totals = torch.tensor([self.samples, self.tokens, *self.losses], dtype=torch.float64, device=self.device)
@@ -465,11 +664,27 @@ class MetricsWindow:
             "tokens_seen": state.tokens_seen,
             "resumed_from_step": state.resumed_from_step,
         }
+        if self.steps:
+            metrics.update(grpo_window_means(self.steps))
         if rank == 0:
             logger.info("[train] %s", " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k != "step_losses"))
-            append_metrics(self.cfg.metrics_uri, metrics)
+            append_metrics(self.cfg.metrics_uri, {**metrics, "steps": self.steps} if self.steps else metrics)
         self._reset()
         return metrics
+
+
+def grpo_window_means(steps: Sequence[dict]) -> dict[str, float]:
+    """GRPO's metrics over a window of steps: the mean of each of :data:`GRPO_WINDOW_KEYS` over
+    the steps, and per question type the mean reward over all its answers of the window
+    (``reward/<question_type>/mean``, weighted by the steps' counts) and their number (``.../count``)."""
+    out = {k: float(np.mean([s[k] for s in steps])) for k in GRPO_WINDOW_KEYS}
+    types = sorted({k.split("/")[1] for s in steps for k in s if k.startswith("reward/") and k.endswith("/count")})
+    for qt in types:
+        counted = [(s[f"reward/{qt}/count"], s[f"reward/{qt}/mean"]) for s in steps if s.get(f"reward/{qt}/count")]
+        total = sum(n for n, _ in counted)
+        out[f"reward/{qt}/mean"] = sum(n * m for n, m in counted) / total
+        out[f"reward/{qt}/count"] = total
+    return out
 
 
 def append_metrics(uri: str, metrics: dict) -> None:
@@ -484,3 +699,18 @@ def append_metrics(uri: str, metrics: dict) -> None:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def grpo_progress(details: Mapping | None) -> str:
+    """The GRPO part of a progress line, from a step's metrics or a window's means
+    (:func:`grpo_window_means`): rewards (overall, and per question type with its std where the
+    metrics have one), KL, answer length, degenerate and clip fractions; empty for SFT."""
+    if details is None or "reward_mean" not in details:
+        return ""
+    types = sorted(k.split("/")[1] for k in details if k.startswith("reward/") and k.endswith("/mean"))
+    by_type = ", ".join(f"{qt} {details[f'reward/{qt}/mean']:.3f}"
+                        + (f" ± {details[f'reward/{qt}/std']:.3f}" if f"reward/{qt}/std" in details else "")
+                        for qt in types)  # fmt: skip
+    return (f" reward {details['reward_mean']:.3f} (std {details['reward_std']:.3f}; {by_type}) kl {details['kl']:.4g} "
+            f"answer {details['mean_completion_tokens']:.1f} tokens degenerate {details['degenerate_fraction']:.2f} "
+            f"clip {details['clip_fraction']:.3f}")  # fmt: skip

@@ -60,7 +60,10 @@ def demo(ray_local, tmp_path_factory):
     storage.write_parquet(str(root / "qa" / "benchmark" / "val" / "part-00000.parquet"), pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA))
     config = get_preset("tiny", num_frames=8)
     model_dir = str(root / "model")
-    Vlm3rForConditionalGeneration.from_config(config).save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
+    # saved as training saves it (no frozen encoders: loading rebuilds the seeded ones, point heads included)
+    trained_parts = ("fusion", "projector", "image_newline", "language_model")
+    model = Vlm3rForConditionalGeneration.from_config(config, components=trained_parts)
+    model.save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
     args = Vlm3rArgs(model=model_dir, api_keys=(API_KEY,), demo_videos=str(root), default_max_tokens=8,
                      cut3r_point_heads=True)  # fmt: skip
     port = free_loopback_port()

@@ -49,7 +49,8 @@ def test_json_round_trip_and_errors_name_the_field():
 
 
 def test_a_reconstruction_is_shown_upright_with_its_distances():
-    from vlm3r_core.geometry.reconstruction import CameraTrajectory, PointCloud as Cloud, Reconstruction
+    from vlm3r_core.geometry.reconstruction import CameraTrajectory, Reconstruction
+    from vlm3r_core.geometry.reconstruction import PointCloud as Cloud
     from vlm3r_core.point_cloud import reconstruction_point_cloud
 
     # CUT3R's world: the first camera, y down, z forward. A point 2 m ahead and 1 m above it,

@@ -1,11 +1,13 @@
 """GRPO (vlm3r_core.rl): advantages and the loss against hand-computed values, rewards against the
 official scorer, which rows can be scored, the teacher-forced layout, the reference policy, the
-DeepSpeed update against plain torch, and GRPO changing what the ``tiny`` model answers."""
+DeepSpeed update against plain torch, two data-parallel ranks agreeing to update, merged metrics,
+and GRPO changing what the ``tiny`` model answers."""
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 
 import numpy as np
 import pytest
@@ -161,8 +163,8 @@ def test_masked_tokens_add_nothing():
 
 
 @pytest.mark.parametrize("text", ["B", "b.", "B. table", "A", "B) table", "The answer is B", "", "E"])
-def test_multiple_choice_reward_is_the_official_score_plus_format(text):
-    ex = rl.build_rl_example(_mc_row(0), TIMES, 1.0, get_preset("tiny").prompt)
+def test_multiple_choice_reward_is_the_official_score_plus_format(text, processor):
+    ex = rl.build_rl_example(_mc_row(0), TIMES, 1.0, processor)
     parts = rl.score_completion(ex, text, "plain", format_weight=0.5)
     assert parts.accuracy == score_official("object_rel_distance", text, "B", "B")
     assert parts.format == float(official_parse(text).upper() in "ABCD" and official_parse(text) != "")
@@ -172,8 +174,8 @@ def test_multiple_choice_reward_is_the_official_score_plus_format(text):
 @pytest.mark.parametrize(
     "text, fmt", [("4", 1), ("3.5 chairs", 1), ("5", 1), ("40", 1), ("four", 0), ("nan", 0), ("", 0)]
 )
-def test_numeric_reward_is_mean_relative_accuracy_plus_format(text, fmt):
-    ex = rl.build_rl_example(_count_row(0), TIMES, 1.0, get_preset("tiny").prompt)
+def test_numeric_reward_is_mean_relative_accuracy_plus_format(text, fmt, processor):
+    ex = rl.build_rl_example(_count_row(0), TIMES, 1.0, processor)
     parts = rl.score_completion(ex, text, "plain", format_weight=0.25)
     assert parts.accuracy == score_official("object_counting", text, "4")
     assert parts.format == fmt
@@ -194,16 +196,15 @@ def test_numeric_reward_is_mean_relative_accuracy_plus_format(text, fmt):
         ("<think>x</think><answer>B</answer> extra", 0.0, 0.0),
     ],
 )
-def test_think_form_scores_only_the_answer_tag(text, accuracy, fmt):
-    ex = rl.build_rl_example(_mc_row(0), TIMES, 1.0, get_preset("tiny").prompt, answer_form="think")
+def test_think_form_scores_only_the_answer_tag(text, accuracy, fmt, processor):
+    ex = rl.build_rl_example(_mc_row(0), TIMES, 1.0, processor, answer_form="think")
     parts = rl.score_completion(ex, text, "think", format_weight=1.0)
     assert (parts.accuracy, parts.format, parts.total) == (accuracy, fmt, accuracy + fmt)
 
 
-def test_think_form_replaces_the_answer_instruction_of_the_shared_prompt():
-    prompt = get_preset("tiny").prompt
-    plain = rl.build_rl_example(_count_row(0), TIMES, 1.0, prompt)
-    think = rl.build_rl_example(_count_row(0), TIMES, 1.0, prompt, answer_form="think")
+def test_think_form_replaces_the_answer_instruction_of_the_shared_prompt(processor):
+    plain = rl.build_rl_example(_count_row(0), TIMES, 1.0, processor)
+    think = rl.build_rl_example(_count_row(0), TIMES, 1.0, processor, answer_form="think")
     assert plain.user_message == build_user_message(
         _count_row(0)["question"], timestamps=TIMES, duration_s=1.0
     )
@@ -226,13 +227,13 @@ def test_think_form_replaces_the_answer_instruction_of_the_shared_prompt():
         (_count_row(0, options=["A. 1", "B. 2"]), "numeric question_type 'object_counting' with options"),
     ],
 )
-def test_rows_without_a_computable_reward_are_skipped_with_the_reason(row, reason):
+def test_rows_without_a_computable_reward_are_skipped_with_the_reason(row, reason, processor):
     assert reason in rl.reward_skip_reason(row)
     kept, skipped = rl.plan_rl_rows([_mc_row(1), row, _count_row(2)])
     assert [r["id"] for r in kept] == ["mc1", "n2"] and skipped[0]["id"] == row["id"]
     assert reason in skipped[0]["reason"]
     with pytest.raises(ValueError, match=reason.split(" '")[0]):
-        rl.build_rl_example(row, TIMES, 1.0, get_preset("tiny").prompt)
+        rl.build_rl_example(row, TIMES, 1.0, processor)
 
 
 def test_official_vsibench_rows_and_every_generated_question_type_are_scorable():
@@ -288,7 +289,7 @@ def _answer_ids(processor, answers: list[str]) -> tuple[torch.Tensor, torch.Tens
 
 def test_completions_are_laid_out_exactly_as_build_batch_lays_out_answers(processor):
     messages = [
-        rl.build_rl_example(r, TIMES, 1.0, get_preset("tiny").prompt).user_message
+        rl.build_rl_example(r, TIMES, 1.0, processor).user_message
         for r in (_mc_row(0), _count_row(1))
     ]
     answers = ["B", "12.5 meters"]
@@ -305,7 +306,7 @@ def test_completions_are_laid_out_exactly_as_build_batch_lays_out_answers(proces
 def test_completion_logprobs_equal_the_full_logits_at_the_answer_positions(processor):
     model = _tiny_model()
     messages = [
-        rl.build_rl_example(r, TIMES, 1.0, model.config.prompt).user_message
+        rl.build_rl_example(r, TIMES, 1.0, processor).user_message
         for r in (_mc_row(0), _count_row(1))
     ]
     ids, mask = _answer_ids(processor, ["C", "3"])
@@ -332,7 +333,7 @@ def test_generation_never_emits_the_video_placeholder(processor):
     with torch.no_grad():  # make <image> the most likely token everywhere
         model.language_model.lm_head.weight[placeholder] = model.language_model.model.norm.weight * 50
     prompt = processor.build_batch(
-        [rl.build_rl_example(_mc_row(0), TIMES, 1.0, model.config.prompt).user_message]
+        [rl.build_rl_example(_mc_row(0), TIMES, 1.0, processor).user_message]
     )
     ids = model.generate(prompt.input_ids, prompt.attention_mask, features=_features(1), max_new_tokens=4)
     assert ids.numel() > 0 and not (ids == placeholder).any()
@@ -342,7 +343,7 @@ def test_rollouts_are_group_major_with_their_sampling_logprobs(processor):
     model = _tiny_model()
     rl.prepare_policy(model)
     config = rl.GRPOConfig(group_size=3, max_new_tokens=5, temperature=0.8, micro_batch_size=4)
-    examples = [rl.build_rl_example(r, TIMES, 1.0, model.config.prompt) for r in (_mc_row(0), _count_row(1))]
+    examples = [rl.build_rl_example(r, TIMES, 1.0, processor) for r in (_mc_row(0), _count_row(1))]
     prompt, features = processor.build_batch([e.user_message for e in examples]), _features(2)
     torch.manual_seed(0)
     out = rl.HFRolloutBackend(model).sample(prompt, features, config)
@@ -371,7 +372,7 @@ def test_the_reference_is_the_model_before_prepare_policy(processor):
     model = _tiny_model()
     model.apply_lora()
     _perturb_adapter(model)
-    messages = [rl.build_rl_example(_mc_row(0), TIMES, 1.0, model.config.prompt).user_message]
+    messages = [rl.build_rl_example(_mc_row(0), TIMES, 1.0, processor).user_message]
     ids, mask = _answer_ids(processor, ["B"])
     args = (processor.build_batch(messages), ids, mask, _features(1), 1.0)
     with torch.no_grad():
@@ -401,7 +402,7 @@ def warm(processor):
     model = _tiny_model()
     torch.manual_seed(0)  # the adapter's init
     model.apply_lora()
-    examples = [rl.build_rl_example(r, TIMES, 1.0, model.config.prompt) for r in TOY_ROWS]
+    examples = [rl.build_rl_example(r, TIMES, 1.0, processor) for r in TOY_ROWS]
     features = _features(len(examples))
     index = torch.arange(4).repeat_interleave(2)
     batch = processor.build_batch(
@@ -560,8 +561,17 @@ def test_grpo_raises_the_mean_official_reward_on_a_toy_set(warm, processor):
 # DeepSpeed: the update injected as an engine -----------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def gloo_rank():
+    """torch.distributed with one gloo rank, as DeepSpeed needs (removed after the module)."""
+    from vlm3r_core.training import single_process_group
+
+    with single_process_group():
+        yield
+
+
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_update_equals_the_plain_torch_update(gloo_process_group, warm, processor, stage):
+def test_deepspeed_update_equals_the_plain_torch_update(gloo_rank, warm, processor, stage):
     """Three micro-batches accumulated by the engine (ZeRO-2 / ZeRO-3) give the same weights as
     plain torch; under ZeRO-3 the rollouts (generation with gathered weights, reference with the
     adapter disabled) are those of the unwrapped model."""
@@ -625,7 +635,7 @@ def test_a_tuned_policy_saves_and_loads_with_the_merged_llm_and_its_adapter(proc
     _perturb_adapter(model)  # as if GRPO had trained the new one
     model.save_pretrained(str(tmp_path / "model"), processor)
     loaded = Vlm3rForConditionalGeneration.from_pretrained(str(tmp_path / "model")).eval()
-    messages = [rl.build_rl_example(_mc_row(0), TIMES, 1.0, model.config.prompt).user_message]
+    messages = [rl.build_rl_example(_mc_row(0), TIMES, 1.0, processor).user_message]
     ids, mask = _answer_ids(processor, ["B"])
     args = (processor.build_batch(messages), ids, mask, _features(1), 1.0)
     with torch.no_grad():
@@ -636,3 +646,94 @@ def test_a_tuned_policy_saves_and_loads_with_the_merged_llm_and_its_adapter(proc
             torch.testing.assert_close(
                 rl.completion_logprobs(loaded, *args), rl.completion_logprobs(model, *args)
             )
+
+
+# Data-parallel ranks -----------------------------------------------------------------------------------
+
+
+def _result(loss, rewards_by_type: dict[str, list[float]], kl, tokens, degenerate, groups, updated=True):
+    """A GRPOStepResult of one rank from its samples' rewards, as summarize_rollouts reports them."""
+    values = [r for v in rewards_by_type.values() for r in v]
+    return rl.GRPOStepResult(
+        loss=loss, kl=kl, clip_fraction=0.0, reward_mean=float(np.mean(values)), reward_std=float(np.std(values)),
+        accuracy_mean=float(np.mean(values)), format_mean=1.0,
+        reward_by_type={qt: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)}
+                        for qt, v in rewards_by_type.items()},
+        mean_completion_tokens=tokens, degenerate_fraction=degenerate, num_groups=groups, updated=updated,
+        grad_norm=0.5,
+    )  # fmt: skip
+
+
+def test_merged_step_results_pool_the_ranks_samples_exactly():
+    a = _result(0.2, {"object_counting": [0.0, 1.0, 0.5, 0.5]}, kl=0.01, tokens=2.0, degenerate=0.0, groups=1)
+    b = _result(0.4, {"object_counting": [1.5, 1.5], "route_plan": [0.0, 1.0]}, kl=0.04, tokens=4.0,
+                degenerate=1.0, groups=1)  # fmt: skip
+    merged = rl.merge_step_results([a, b])
+    every = [0.0, 1.0, 0.5, 0.5, 1.5, 1.5, 0.0, 1.0]
+    counting = [0.0, 1.0, 0.5, 0.5, 1.5, 1.5]
+    assert merged.reward_mean == pytest.approx(np.mean(every)) and merged.reward_std == pytest.approx(np.std(every))
+    assert merged.reward_by_type["object_counting"] == pytest.approx(
+        {"mean": np.mean(counting), "std": np.std(counting), "count": 6}
+    )
+    assert merged.reward_by_type["route_plan"] == pytest.approx({"mean": 0.5, "std": 0.5, "count": 2})
+    assert merged.kl == pytest.approx((0.01 * 8 + 0.04 * 16) / 24)  # weighted by completion tokens
+    assert merged.mean_completion_tokens == pytest.approx(3.0)
+    assert (merged.loss, merged.degenerate_fraction, merged.num_groups) == (pytest.approx(0.3), 0.5, 2)
+    assert merged.updated and merged.grad_norm == 0.5
+    assert rl.merge_step_results([a]) == a
+
+
+def _rank_step(rank: int, port: int, out: str) -> None:
+    """One GRPO step on rank ``rank`` of a 2-rank gloo group with a DeepSpeed ZeRO-2 engine; rank 1's
+    reward is constant, so all its groups are degenerate. Saves what the test checks."""
+    import os
+
+    import deepspeed
+
+    from vlm3r_core.training import TrainConfig, deepspeed_config
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    deepspeed.init_distributed(dist_backend="gloo")
+    torch.manual_seed(0)  # the same adapter init on both ranks
+    model, processor = _tiny_model(), Vlm3rProcessor.from_config(get_preset("tiny"))
+    rl.prepare_policy(model)
+    config = rl.GRPOConfig(group_size=4, max_new_tokens=4, micro_batch_size=4, lr=1e-2)
+    ds_config = deepspeed_config(TrainConfig(qa_uri="-", tokens_uri="-", out_uri="-"))
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    torch.manual_seed(1 + rank)  # different samples on each rank
+    examples = [rl.build_rl_example(r, TIMES, 1.0, processor) for r in (_mc_row(rank), _count_row(rank))]
+
+    def reward(example, text):
+        value = 1.0 if rank == 1 else float(len(text) % 3)  # rank 0: rewards that differ
+        return rl.RewardParts(accuracy=value, format=0.0, total=value)
+
+    update = rl.DeepSpeedPolicyUpdate(engine)
+    result = rl.grpo_step(engine.module, processor, examples, _features(2, seed=rank), config,
+                          rl.HFRolloutBackend(engine.module), update, reward)  # fmt: skip
+    adapter = {n: p.detach().clone() for n, p in engine.module.named_parameters() if p.requires_grad}
+    torch.save({"result": result, "adapter": adapter}, os.path.join(out, f"rank-{rank}.pt"))
+
+
+def test_ranks_agree_to_update_when_only_one_has_signal(tmp_path):
+    """Without the agreement rank 0 would wait forever in its gradient reduction for rank 1, which
+    skipped its update; with it both update (rank 1 with weight 0) and stay identical replicas."""
+    import torch.multiprocessing as mp
+
+    from serve_apps.ports import free_loopback_port
+
+    context = mp.start_processes(_rank_step, args=(free_loopback_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks did not finish their step within 600 s (a rank waits for the other)")
+    ranks = [torch.load(tmp_path / f"rank-{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["result"].degenerate_fraction < 1 and ranks[1]["result"].degenerate_fraction == 1.0
+    assert [r["result"].updated for r in ranks] == [True, True]
+    torch.testing.assert_close(ranks[0]["adapter"], ranks[1]["adapter"], atol=0, rtol=0)
+    assert any(p.abs().sum() > 0 for n, p in ranks[0]["adapter"].items() if "lora_B" in n)  # moved from 0

@@ -8,6 +8,7 @@ import math
 import os
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -17,14 +18,24 @@ from vlm3r_core.prompting import PromptConfig, build_conversation, build_user_me
 from vlm3r_core.tokens import EncoderInfo, VideoTokens, write_token_shard
 from vlm3r_core.train_data import (
     MicroBatchStream,
+    RolloutCollator,
     TrainCollator,
     TrainingData,
     example_from_row,
     plan_join,
+    plan_reward_join,
     plan_training_join,
     read_training_examples,
 )
-from vlm3r_core.training import TrainConfig, deepspeed_config, lr_at
+from vlm3r_core.training import (
+    MetricsWindow,
+    StepResult,
+    TrainConfig,
+    TrainState,
+    deepspeed_config,
+    lr_at,
+    write_run_summary,
+)
 
 URIS = {"qa_uri": "qa.jsonl", "tokens_uri": "tokens", "out_uri": "out"}
 
@@ -66,7 +77,8 @@ def _encoder(cfg, **overrides) -> EncoderInfo:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"zero_stage": 1}, {"max_steps": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}, {"qa_uri": ""}, {"seed": -1}]
+    "bad", [{"zero_stage": 1}, {"max_steps": 0}, {"lr": 0.0}, {"warmup_ratio": 1.0}, {"qa_uri": ""}, {"seed": -1},
+            {"method": "ppo"}, {"init_model": "runs/sft/model"}]
 )
 def test_train_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
@@ -77,6 +89,9 @@ def test_train_config_paths_and_dtype():
     assert cfg.model_uri == "s3://bucket/run/model"
     assert cfg.dtype == torch.float32 and TrainConfig(**URIS, use_gpu=True).dtype == torch.bfloat16
     assert os.path.isabs(TrainConfig(**URIS).storage_path)
+    # SFT streams micro-batches; GRPO one batch of the step's prompts, sampled together.
+    assert TrainConfig(**URIS, micro_batch_size=2, grad_accum_steps=3).stream_batches == (2, 3)
+    assert TrainConfig(**URIS, micro_batch_size=2, grad_accum_steps=3, method="grpo").stream_batches == (6, 1)
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_zero():
@@ -177,6 +192,33 @@ def test_plan_training_join_refuses_shards_made_for_another_preset(tmp_path, fie
     with pytest.raises(ValueError, match=f"{encoder.name}.*not made for the training preset 'tiny'") as e:
         plan_training_join(str(tmp_path / "qa.jsonl"), str(tmp_path / "tokens"), cfg)
     assert named in str(e.value) and str(e.value).count("training preset:") == 1
+
+
+def test_grpo_join_keeps_rows_with_a_reward_and_tokens_and_records_the_others_with_the_reason(tmp_path):
+    cfg = get_preset("tiny", num_frames=2)
+    write_token_shard(str(tmp_path / "tokens" / "a.parquet"), [_video("synthetic/s0", 2, cfg)], _encoder(cfg))
+    common = {"dataset": "synthetic", "scene_name": "s0", "question": "How many chair(s) are in this room?",
+              "question_type": "object_counting", "options": None, "ground_truth": "3", "mc_answer": None}
+    rows = [{**common, "id": "good"}, {**common, "id": "unknown", "question_type": "object_color"},
+            {**common, "id": "no-gt", "ground_truth": ""}, {**common, "id": "zero", "ground_truth": "0"},
+            {**common, "id": "elsewhere", "scene_name": "s9"},
+            {**{k: v for k, v in common.items() if k not in ("dataset", "scene_name")}, "id": "no-video"}]  # fmt: skip
+    split = tmp_path / "qa" / "benchmark" / "train"  # a split folder of shards, as generate_qa writes it
+    storage.write_parquet(str(split / "part-00000.parquet"), pa.Table.from_pylist(rows[:3]))
+    storage.write_parquet(str(split / "part-00001.parquet"), pa.Table.from_pylist(rows[3:]))
+    plan = plan_reward_join(str(split), str(tmp_path / "tokens"), cfg)
+    assert [(e.id, e.video_id, e.options) for e in plan.examples] == [("good", "synthetic/s0", ())]
+    reasons = {s["id"]: s["reason"] for s in plan.skipped}
+    assert reasons["unknown"].startswith("unknown question_type 'object_color'") and reasons["no-gt"] == "no ground_truth"
+    assert "not a positive number" in reasons["zero"] and "no token row" in reasons["elsewhere"]
+    assert reasons["no-video"] == "misses dataset, scene_name"
+    assert {s["id"]: s["video_id"] for s in plan.skipped} == {"unknown": "synthetic/s0", "no-gt": "synthetic/s0",
+                                                              "zero": "synthetic/s0", "no-video": None,
+                                                              "elsewhere": "synthetic/s9"}  # fmt: skip
+    # Conversations are not benchmark rows: nothing has a reward, and the message says what GRPO reads.
+    storage.write_jsonl(str(tmp_path / "qa.jsonl"), [_row(0, "synthetic/s0")])
+    with pytest.raises(ValueError, match=r"no row .* computable reward .*misses dataset, scene_name, ground_truth.*qa/benchmark/train\b"):
+        plan_reward_join(str(tmp_path / "qa.jsonl"), str(tmp_path / "tokens"), cfg)
 
 
 def test_plan_training_join_refuses_questions_made_for_another_frame_count(tmp_path, moto_s3):
@@ -330,24 +372,37 @@ def test_training_prompts_are_the_evaluation_prompts_token_for_token(tmp_path, m
 
     answerer, seen = AnswerQuestions(model_dir, tokens=tokens), []
 
-    def generate(input_ids, attention_mask, features, max_new_tokens, **decoding):
+    def generate(input_ids, attention_mask, features, max_new_tokens, **sampling):
         seen.extend(row[mask == 1].tolist() for row, mask in zip(input_ids, attention_mask, strict=True))
         return torch.zeros((len(input_ids), 1), dtype=torch.long)
 
     monkeypatch.setattr(answerer.model, "generate", generate)
     answerer.answer([{**r, "video_id": "synthetic/s0"} for r in benchmark])
     assert dict(zip((r["id"] for r in benchmark), seen, strict=True)) == training
+
+    # GRPO samples its answers to the same prompts, made from the benchmark rows themselves.
+    storage.write_jsonl(str(tmp_path / "bench.jsonl"), benchmark)
+    data = TrainingData.split(plan_reward_join(str(tmp_path / "bench.jsonl"), tokens, cfg), world_size=1, batch_size=2)
+    stream = MicroBatchStream(data, 0, RolloutCollator(trained, torch.float32, "plain"), 1, seed=0, shuffle_window=0)
+    (inputs,) = stream.next_step()
+    stream.close()
+    prompts = trained.build_batch([ex.user_message for ex in inputs.examples])
+    assert {ex.id: prompts.input_ids[b][prompts.attention_mask[b] == 1].tolist()
+            for b, ex in enumerate(inputs.examples)} == training  # fmt: skip
     text = trained.tokenizer.decode(training["q-choice"])
     assert "You measure rooms." in text and "Watch the room closely.\nWhich is closer" in text
     assert "These frames are located at 0.00s,0.37s,1.20s,1.90s." in text and "1.50s" not in text
 
 
 @pytest.fixture(scope="module")
-def single_process_group(gloo_process_group):
-    """The session's one-rank gloo group (tests/conftest.py), with one thread (2 shared cores)."""
+def single_process_group():
+    """torch.distributed with one gloo rank, as DeepSpeed needs; one thread (2 shared cores)."""
+    from vlm3r_core.training import single_process_group
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with single_process_group():
+        yield
     torch.set_num_threads(threads)
 
 
@@ -391,3 +446,38 @@ def test_deepspeed_steps_lower_the_loss_and_checkpoints_restore_exactly(single_p
         expected = engine.module(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, features=b.features).loss
         got = loaded(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels, features=b.features).loss
     torch.testing.assert_close(got, expected)
+
+
+def test_grpo_metrics_of_every_step_go_to_the_log_a_progress_line_and_the_summary(tmp_path, caplog):
+    cfg = TrainConfig(qa_uri="q", tokens_uri="t", out_uri=str(tmp_path), method="grpo", max_steps=2, log_every=1)
+    window, state = MetricsWindow(cfg, torch.device("cpu")), TrainState()
+    details = [  # two steps of rl.GRPOStepResult.to_dict(): counting in both, multiple choice in the second only
+        {"loss": 0.5, "kl": 0.01, "clip_fraction": 0.0, "reward_mean": 0.5, "reward_std": 0.25, "accuracy_mean": 0.3,
+         "format_mean": 0.4, "mean_completion_tokens": 3.0, "degenerate_fraction": 0.5, "num_groups": 2,
+         "updated": True, "grad_norm": 1.0, "reward/object_counting/mean": 0.5, "reward/object_counting/std": 0.25,
+         "reward/object_counting/count": 8},
+        {"loss": 0.1, "kl": 0.03, "clip_fraction": 0.0, "reward_mean": 1.0, "reward_std": 0.5, "accuracy_mean": 0.7,
+         "format_mean": 0.6, "mean_completion_tokens": 5.0, "degenerate_fraction": 0.0, "num_groups": 2,
+         "updated": True, "grad_norm": 2.0, "reward/object_counting/mean": 0.75, "reward/object_counting/std": 0.1,
+         "reward/object_counting/count": 4, "reward/object_rel_distance/mean": 1.25,
+         "reward/object_rel_distance/std": 0.2, "reward/object_rel_distance/count": 4},
+    ]  # fmt: skip
+    with caplog.at_level("INFO", logger="vlm3r_core.training"):
+        for d in details:
+            result = StepResult(loss=d["loss"], num_samples=2, num_tokens=12, grad_norm=d["grad_norm"], details=d)
+            state.advance(result, (0, state.step + 1), world_size=1)
+            window.add(result, state)
+        metrics = window.metrics(state)
+    assert "[train] step 2/2 loss 0.1000" in caplog.text
+    assert ("reward 1.000 (std 0.500; object_counting 0.750 ± 0.100, object_rel_distance 1.250 ± 0.200) kl 0.03 "
+            "answer 5.0 tokens degenerate 0.00 clip 0.000") in caplog.text  # fmt: skip
+    # The window: means of the steps, per question type weighted by its answers (8 at 0.5, 4 at 0.75).
+    assert metrics["reward_mean"] == 0.75 and metrics["kl"] == 0.02 and metrics["degenerate_fraction"] == 0.25
+    assert metrics["reward/object_counting/mean"] == pytest.approx((8 * 0.5 + 4 * 0.75) / 12)
+    assert (metrics["reward/object_counting/count"], metrics["reward/object_rel_distance/count"]) == (12, 4)
+    (row,) = storage.read_jsonl(cfg.metrics_uri)
+    assert row["step"] == 2 and row["steps"] == [{"step": 1, **details[0]}, {"step": 2, **details[1]}]
+    write_run_summary(cfg, state, metrics)
+    summary = storage.read_json(cfg.summary_uri)
+    assert summary["method"] == "grpo" and summary["reward_mean"] == 0.75 and summary["clip_fraction"] == 0.0
+    assert summary["reward/object_rel_distance/mean"] == 1.25 and summary["mean_completion_tokens"] == 4.0

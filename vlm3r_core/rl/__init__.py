@@ -14,7 +14,7 @@ One step (:func:`grpo_step` = :func:`collect_rollouts` then :func:`update_policy
 1. Rollouts. A :class:`RolloutBackend` samples G completions per prompt and returns their token
    log-probs under the sampling policy (:class:`HFRolloutBackend`: ``model.generate`` with
    temperature / top-p, log-probs by a teacher-forced forward). Prompts are rendered by the one
-   prompt builder (:mod:`vlm3r_core.prompting`, the model's ``PromptConfig``) and tokenised by
+   prompt builder (``Vlm3rProcessor.user_message``, the model's ``PromptConfig``) and tokenised by
    ``Vlm3rProcessor.build_batch``; a completion is fed back exactly as ``build_batch`` lays out an
    answer (prompt ids, then the completion ids, supervised).
 2. Rewards (:mod:`vlm3r_core.rl.rewards`): ``reward = accuracy + format_weight * format``, where
@@ -43,7 +43,9 @@ freezes fusion, projector and newline and applies a fresh adapter, so the refere
 model GRPO started from. Dropout is off during a step (the ratio and the KL compare deterministic
 policies). The forward with gradients, the backward pass and the optimiser step are injected
 (:class:`PolicyUpdate`: plain torch or a DeepSpeed engine, ZeRO-2 or ZeRO-3), so the same step
-runs in a test and in a Ray Train worker. A step whose groups are all degenerate updates nothing.
+runs in a test and in a Ray Train worker. A step whose groups are all degenerate updates nothing;
+data-parallel ranks decide that together (:func:`signal_on_any_rank`), and
+:func:`merge_step_results` pools their metrics.
 """
 
 from vlm3r_core.rl.config import GRPOConfig
@@ -57,8 +59,10 @@ from vlm3r_core.rl.grpo import (
     group_advantages,
     grpo_loss,
     grpo_step,
+    merge_step_results,
     prepare_policy,
     reference_policy,
+    signal_on_any_rank,
     torch_policy_update,
     update_policy,
 )
@@ -75,7 +79,7 @@ from vlm3r_core.rl.rollout import HFRolloutBackend, RolloutBackend, Rollouts, co
 __all__ = [
     "DeepSpeedPolicyUpdate", "GRPOConfig", "GRPOStepResult", "HFRolloutBackend", "PolicyUpdate", "RLExample",
     "RewardParts", "RolloutBackend", "RolloutBatch", "Rollouts", "TorchPolicyUpdate", "build_rl_example",
-    "collect_rollouts", "completion_logprobs", "group_advantages", "grpo_loss", "grpo_step", "plan_rl_rows",
-    "prepare_policy", "reference_policy", "reward_skip_reason", "score_completion", "torch_policy_update",
-    "update_policy",
+    "collect_rollouts", "completion_logprobs", "group_advantages", "grpo_loss", "grpo_step", "merge_step_results",
+    "plan_rl_rows", "prepare_policy", "reference_policy", "reward_skip_reason", "score_completion",
+    "signal_on_any_rank", "torch_policy_update", "update_policy",
 ]  # fmt: skip

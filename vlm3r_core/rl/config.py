@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from vlm3r_core.rl.rewards import ANSWER_FORMS
 
@@ -24,9 +25,13 @@ class GRPOConfig:
             the prompt).
         advantage_eps: added to the group std before dividing.
         micro_batch_size: completions per forward pass (teacher-forced log-probs and the loss).
-        lr: AdamW learning rate (:func:`torch_policy_update`; a DeepSpeed job sets its own).
+        lr: AdamW learning rate (:func:`torch_policy_update`).
         weight_decay: AdamW weight decay.
         max_grad_norm: gradient clipping by global norm.
+
+    The last four are not flags of the training job (``jobs/train.py --method grpo``): there
+    ``TrainConfig`` sets them (``--lr``, ``--weight-decay``, ``--max-grad-norm``, and
+    ``--micro-batch-size`` prompts, so ``micro_batch_size * group_size`` completions, per forward).
     """
 
     group_size: int = 8
@@ -36,12 +41,12 @@ class GRPOConfig:
     clip_eps: float = 0.2
     kl_beta: float = 0.04
     format_weight: float = 0.5
-    answer_form: str = "plain"
+    answer_form: Literal["plain", "think"] = "plain"
     advantage_eps: float = 1e-4
-    micro_batch_size: int = 8
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    micro_batch_size: int = field(default=8, metadata={"cli": False})
+    lr: float = field(default=1e-5, metadata={"cli": False})
+    weight_decay: float = field(default=0.0, metadata={"cli": False})
+    max_grad_norm: float = field(default=1.0, metadata={"cli": False})
 
     def __post_init__(self):
         if self.group_size < 2:

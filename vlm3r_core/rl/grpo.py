@@ -8,6 +8,7 @@ tokens (padded), ``Lp`` prompt tokens.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from peft import PeftModel
 
 from vlm3r_core.rl.config import GRPOConfig
@@ -251,6 +253,21 @@ class RolloutBatch:
         return not bool(self.degenerate.all())
 
 
+def signal_on_any_rank(has_signal: bool, device: torch.device) -> bool:
+    """Whether any data-parallel rank has a group with signal (``has_signal`` itself without
+    ``torch.distributed``). A collective: every rank calls it at the same step.
+
+    The ranks must agree before :func:`update_policy`: its backward passes reduce gradients
+    across ranks, so a rank that skipped the update would leave the others waiting. A rank whose
+    groups are all degenerate still runs the update, with weight 0 on every token.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return has_signal
+    flag = torch.tensor([float(has_signal)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
 def collect_rollouts(
     model: Vlm3rForConditionalGeneration,
     processor: Vlm3rProcessor,
@@ -437,9 +454,9 @@ def grpo_step(
     """One GRPO step on B examples: rollouts, rewards, advantages, one policy update.
 
     Runs with dropout off (the model's mode is restored). When every group is degenerate nothing
-    is updated (``updated=False``); a data-parallel job must make that decision for all ranks
-    together: call :func:`collect_rollouts`, agree on ``RolloutBatch.has_signal``, then
-    :func:`update_policy` on every rank.
+    is updated (``updated=False``). Under ``torch.distributed`` every rank calls it at the same
+    step with the same B: the ranks decide together (:func:`signal_on_any_rank`), so they all
+    update, or all skip when no rank has a group with signal.
 
     Args:
         model: the policy after :func:`prepare_policy` (``engine.module`` under DeepSpeed).
@@ -450,7 +467,8 @@ def grpo_step(
         reward_fn: replaces the official reward (see :func:`collect_rollouts`).
     """
     batch = collect_rollouts(model, processor, examples, features, config, backend, reward_fn)
-    stats = update_policy(model, batch, config, update) if batch.has_signal else None
+    signal = signal_on_any_rank(batch.has_signal, model.device)
+    stats = update_policy(model, batch, config, update) if signal else None
     metrics = summarize_rollouts(batch, config)
     return GRPOStepResult(
         loss=stats.loss if stats else 0.0,
@@ -458,4 +476,54 @@ def grpo_step(
         updated=stats is not None,
         grad_norm=stats.grad_norm if stats else None,
         **metrics,
+    )
+
+
+def merge_step_results(results: Sequence[GRPOStepResult]) -> GRPOStepResult:
+    """The step of a data-parallel group from each rank's :class:`GRPOStepResult` (one per rank,
+    e.g. from ``torch.distributed.all_gather_object``).
+
+    Rewards are pooled exactly (means, population stds and counts per question type and over
+    all samples); accuracy and format are weighted by samples, KL and completion length by
+    completion tokens, the degenerate fraction by groups. The loss and the clip fraction are the
+    mean over ranks (the update averages the ranks' gradients); ``grad_norm`` is the first
+    rank's (the norm of the reduced gradient, the same on every rank).
+    """
+    if not results:
+        raise ValueError("merge_step_results needs the result of at least one rank")
+    counts = [sum(int(s["count"]) for s in r.reward_by_type.values()) for r in results]
+    tokens = [r.mean_completion_tokens * n for r, n in zip(results, counts, strict=True)]
+    groups = sum(r.num_groups for r in results)
+    samples = sum(counts)
+
+    def pooled(parts: Sequence[tuple[float, float, int]]) -> dict[str, float]:
+        n = sum(c for _, _, c in parts)
+        mean = sum(m * c for m, _, c in parts) / max(n, 1)
+        square = sum((s * s + m * m) * c for m, s, c in parts) / max(n, 1)
+        return {"mean": mean, "std": math.sqrt(max(square - mean * mean, 0.0)), "count": n}
+
+    types = sorted({qt for r in results for qt in r.reward_by_type})
+    by_type = {
+        qt: pooled([(s["mean"], s["std"], int(s["count"])) for r in results if (s := r.reward_by_type.get(qt))])
+        for qt in types
+    }
+    overall = pooled([(r.reward_mean, r.reward_std, n) for r, n in zip(results, counts, strict=True)])
+
+    def weighted(values: Sequence[float], weights: Sequence[float]) -> float:
+        return sum(v * w for v, w in zip(values, weights, strict=True)) / max(sum(weights), 1e-12)
+
+    return GRPOStepResult(
+        loss=float(np.mean([r.loss for r in results])),
+        kl=weighted([r.kl for r in results], tokens),
+        clip_fraction=float(np.mean([r.clip_fraction for r in results])),
+        reward_mean=overall["mean"],
+        reward_std=overall["std"],
+        accuracy_mean=weighted([r.accuracy_mean for r in results], counts),
+        format_mean=weighted([r.format_mean for r in results], counts),
+        reward_by_type=by_type,
+        mean_completion_tokens=sum(tokens) / max(samples, 1),
+        degenerate_fraction=weighted([r.degenerate_fraction for r in results], [r.num_groups for r in results]),
+        num_groups=groups,
+        updated=any(r.updated for r in results),
+        grad_norm=results[0].grad_norm,
     )

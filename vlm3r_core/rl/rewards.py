@@ -35,7 +35,8 @@ from vlm3r_core.metrics import (
     official_parse,
     score_official,
 )
-from vlm3r_core.prompting import MC_POST_PROMPT, NUMERIC_POST_PROMPT, PromptConfig, build_user_message
+from vlm3r_core.prompting import MC_POST_PROMPT, NUMERIC_POST_PROMPT
+from vlm3r_core.vlm import Vlm3rProcessor
 
 ANSWER_FORMS = ("plain", "think")
 THINK_INSTRUCTION = (
@@ -50,7 +51,7 @@ class RLExample:
     """One question to sample answers for, with what its reward needs.
 
     Attributes:
-        user_message: the user turn from ``prompting.build_user_message`` (``<image>`` once).
+        user_message: the user turn from ``Vlm3rProcessor.user_message`` (``<image>`` once).
         options: lettered options (``"A. chair"``), empty for numeric questions.
         mc_answer: the answer letter of a multiple-choice row (VSTI-Bench form), else None.
     """
@@ -124,15 +125,16 @@ def build_rl_example(
     row: Mapping,
     timestamps: Sequence[float] | None,
     duration_s: float | None,
-    prompt: PromptConfig,
+    processor: Vlm3rProcessor,
     answer_form: str = "plain",
 ) -> RLExample:
-    """The example of a benchmark row, its user turn rendered by the shared prompt builder.
+    """The example of a benchmark row, its user turn rendered as training, evaluation and serving
+    render theirs (:meth:`Vlm3rProcessor.user_message`, the model's ``PromptConfig``).
 
     Args:
         timestamps, duration_s: seconds of the sampled frames and the video length (the token
-            shard's), for the time line of ``prompt``.
-        prompt: the model's ``PromptConfig`` (``model.config.prompt``).
+            shard's), for the prompt's time line.
+        processor: the policy's processor.
 
     Raises:
         ValueError: the row has no computable reward (the message is :func:`reward_skip_reason`).
@@ -143,9 +145,7 @@ def build_rl_example(
     if answer_form not in ANSWER_FORMS:
         raise ValueError(f"answer_form must be one of {ANSWER_FORMS}, got {answer_form!r}")
     options = _options(row)
-    message = build_user_message(
-        str(row["question"]), options, timestamps=timestamps, duration_s=duration_s, config=prompt
-    )
+    message = processor.user_message(str(row["question"]), options, timestamps=timestamps, duration_s=duration_s)
     if answer_form == "think":
         head, last = message.rsplit("\n", 1)
         if last not in (MC_POST_PROMPT, NUMERIC_POST_PROMPT):
