@@ -44,19 +44,21 @@ class DemoConfig:
         data: the data root every stage reads and writes (a local folder).
         num_scenes: synthetic rooms (a quarter go to the val split).
         train_steps: supervised training steps.
+        grpo_steps: GRPO steps after them.
         video: the val scene whose video the served model is asked about.
     """
 
     data: str = "./vlm3r-data"
     num_scenes: int = 8
     train_steps: int = 200
+    grpo_steps: int = 6
     video: str = "syn-000003"
 
     def __post_init__(self):
         if self.num_scenes < 4:
             raise ValueError(f"num_scenes must be >= 4 (the demo needs train and val scenes), got {self.num_scenes}")
-        if self.train_steps < 1:
-            raise ValueError(f"train_steps must be >= 1, got {self.train_steps}")
+        if self.train_steps < 1 or self.grpo_steps < 1:
+            raise ValueError(f"train_steps and grpo_steps must be >= 1, got {self.train_steps}, {self.grpo_steps}")
         if storage.is_remote(self.data):
             raise ValueError(f"data must be a local folder (the demo reads its outputs back), got {self.data!r}")
 
@@ -106,6 +108,17 @@ def stages(cfg: DemoConfig) -> list[Stage]:
               [py, "jobs/evaluate.py", "--model", f"{d}/runs/tiny/model", "--benchmark", bench, "--tokens", tokens,
                "--out", f"{d}/eval/trained", "--title", "trained tiny", "--baseline", f"{d}/eval/untrained/summary.json"],
               outputs=("eval/trained",)),
+        Stage("grpo", f"reinforcement: {cfg.grpo_steps} GRPO steps from the trained model, rewards from the official scorer",
+              [py, "jobs/train.py", "--method", "grpo", "--init-model", f"{d}/runs/tiny/model", "--qa", f"{d}/qa/benchmark/train",
+               "--tokens", tokens, "--out", f"{d}/runs/tiny-grpo", "--preset", "tiny", "--num-workers", "1",
+               "--cpus-per-worker", "0.5", "--max-steps", str(cfg.grpo_steps), "--micro-batch-size", "2", "--group-size", "4",
+               "--max-new-tokens", "6", "--lr", "1e-3", "--warmup-ratio", "0", "--checkpoint-every", str(cfg.grpo_steps),
+               "--log-every", "1"],
+              outputs=("runs/tiny-grpo",)),
+        Stage("evaluate_grpo", "evaluation of the GRPO model, beside the supervised one",
+              [py, "jobs/evaluate.py", "--model", f"{d}/runs/tiny-grpo/model", "--benchmark", bench, "--tokens", tokens,
+               "--out", f"{d}/eval/grpo", "--title", "GRPO tiny", "--baseline", f"{d}/eval/trained/summary.json"],
+              outputs=("eval/grpo",)),
     ]  # fmt: skip
 
 
@@ -194,7 +207,7 @@ def _ply_points(uri: str) -> int | None:
 
 def _eval_table(cfg: DemoConfig) -> list[str]:
     """Official overall scores per benchmark: baselines (when the summary has them) and each model."""
-    runs = {"untrained": f"{cfg.data}/eval/untrained/summary.json", "trained": f"{cfg.data}/eval/trained/summary.json"}
+    runs = {name: f"{cfg.data}/eval/{name}/summary.json" for name in ("untrained", "trained", "grpo")}
     summaries = {name: json.loads(Path(uri).read_text()) for name, uri in runs.items() if Path(uri).exists()}
     if not summaries:
         return []
