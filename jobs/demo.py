@@ -255,7 +255,8 @@ def demo(cfg: DemoConfig) -> int:
     print("The tiny preset is a 2-layer model with random encoder weights that trains in minutes on a laptop: its "
           "scores show the pipeline runs end to end, not spatial reasoning (use vlm3r-7b for that).")  # fmt: skip
     print("Next:")
-    print(f"  demo page:   .venv/bin/serve run serve_apps.app:build_app model={cfg.data}/runs/tiny/model demo_videos={cfg.data}"
+    print(f"  demo page:   .venv/bin/serve run serve_apps.app:build_app model={cfg.data}/runs/tiny/model demo_videos={cfg.data} "
+          "cut3r_point_heads=true"
           "   then open http://127.0.0.1:8000/")  # fmt: skip
     print("  live:        .venv/bin/python -m serve_apps.stream_client --url http://127.0.0.1:8000 --video <file> "
           "--realtime --ask \"t=end:How big is this room?\" --save-ply room.ply")  # fmt: skip
