@@ -16,7 +16,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint clean os-packages browser-packages
+.PHONY: install demo test cluster-test lint clean os-packages browser-packages
 
 # apt-get runs only for missing packages (through sudo when not root); $(1): the packages,
 # $(2): "optional" to skip packages the distribution does not have.
@@ -79,6 +79,12 @@ demo: os-packages $(VENV)/.installed
 
 test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The multi-node cluster tests at full size (make test runs them CI-sized): a head and 2 worker nodes
+# on loopback (cluster/local), the whole pipeline through `ray job submit` on a moto S3, a worker node
+# lost in precompute and in training, both Serve deployments scaling up and down on their own.
+cluster-test: os-packages $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider -s --durations=10 tests/cluster/test_local_cluster.py --cluster-full
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
