@@ -62,12 +62,12 @@ demo: os-packages $(VENV)/.installed
 	$(PY) jobs/make_scenes.py --num-scenes 8 --val-fraction 0.25 --out $(DATA) --seed 0
 	$(PY) jobs/generate_qa.py --scenes $(DATA) --out $(DATA) --seed 0
 	$(PY) jobs/precompute_tokens.py --scenes $(DATA) --out $(DATA) --preset tiny --with-vision-features
-	$(PY) jobs/train.py --qa $(DATA)/qa/conversations/train.jsonl --tokens $(TOKENS) --out $(DATA)/runs/tiny \
+	$(PY) jobs/train.py --qa $(DATA)/qa/conversations/train --tokens $(TOKENS) --out $(DATA)/runs/tiny \
 		--preset tiny --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --micro-batch-size 4 --lr 1e-3 \
 		--checkpoint-every 100
-	$(PY) jobs/evaluate.py --model tiny --benchmark $(DATA)/qa/benchmark/val.parquet --tokens $(TOKENS) \
+	$(PY) jobs/evaluate.py --model tiny --benchmark $(DATA)/qa/benchmark/val --tokens $(TOKENS) \
 		--out $(DATA)/eval/untrained --title "untrained tiny"
-	$(PY) jobs/evaluate.py --model $(DATA)/runs/tiny/model --benchmark $(DATA)/qa/benchmark/val.parquet \
+	$(PY) jobs/evaluate.py --model $(DATA)/runs/tiny/model --benchmark $(DATA)/qa/benchmark/val \
 		--tokens $(TOKENS) --out $(DATA)/eval/trained --title "trained tiny" --baseline $(DATA)/eval/untrained/summary.json
 	$(PY) -m serve_apps.demo_client --model $(DATA)/runs/tiny/model \
 		--video $(DATA)/scenes/synthetic/syn-000003/video.mp4 --question "How many chairs are in this room?"

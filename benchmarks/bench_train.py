@@ -3,12 +3,19 @@
 Our training step reads CUT3R and SigLIP tokens from the token shards, so only the trainable part
 runs (fusion, projector, LLM with LoRA). The reference runs SigLIP and CUT3R on the raw frames of
 every sample in every epoch. Both variants here run the same DeepSpeed engine (ZeRO-2, one gloo
-rank), the same prompts and the same optimiser step; they differ only in the model input:
+rank) over one model, the same prompts and the same optimiser step; they differ only in the model
+input:
 
-- tokens: the collator pads fp16 token arrays into ``VideoFeatures`` (what ``jobs/train.py`` does);
+- tokens: :class:`vlm3r_core.train_data.TrainCollator` turns (conversation, token row) samples into
+  a ``TrainBatch`` (what ``jobs/train.py`` does) and :func:`vlm3r_core.training.train_step` steps;
 - frames: ``Vlm3rProcessor.preprocess_frames`` resizes uint8 frames for both encoders and the model
   runs SigLIP and CUT3R (no grad) before the same trainable path. Video decoding is not timed
   (the reference decodes in data-loader processes), so the ratio is a lower bound.
+
+Training itself never builds the frozen encoders (:func:`vlm3r_core.training.build_model_for_training`);
+the benchmark builds the model with them (the frames side needs them, the tokens side never calls
+them), LoRA and the trainable parts exactly as training does. The two sides alternate step by step,
+so a change in machine load hits both alike.
 
 Prints samples per second per worker for both and their ratio::
 
@@ -25,9 +32,17 @@ import time
 import numpy as np
 import torch
 
-from vlm3r_core.prompting import build_user_message
-from vlm3r_core.train_data import TrainCollator
-from vlm3r_core.training import TrainConfig, build_engine, build_model_for_training, lr_at, train_step
+from vlm3r_core.tokens import VideoTokens
+from vlm3r_core.train_data import TrainCollator, TrainingExample
+from vlm3r_core.training import (
+    TrainConfig,
+    build_engine,
+    lr_at,
+    seed_everything,
+    train_step,
+    training_model_config,
+)
+from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
 def _init_single_rank() -> None:
@@ -40,29 +55,32 @@ def _init_single_rank() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
 
 
-def _rows(model_config, batch_size: int, frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Joined rows as the token path gets them from Ray Data: prompts plus fp16 token arrays."""
+def _samples(model_config, batch_size: int, frames: int, rng: np.random.Generator) -> list[tuple]:
+    """Samples as training streams them: a conversation and its video's token row (fp16 arrays)."""
     grid = model_config.cut3r_image_size // model_config.cut3r.patch_size
-    timestamps = [0.5 * t for t in range(frames)]
-    message = build_user_message("How many chair(s) are in this room?", timestamps=timestamps, duration_s=0.5 * frames)
+    samples = []
+    for b in range(batch_size):
+        video = VideoTokens(
+            video_id=f"bench/v{b}",
+            frame_indices=np.arange(frames, dtype=np.int64),
+            timestamps=0.5 * np.arange(frames, dtype=np.float64),
+            duration_s=0.5 * frames,
+            camera_tokens=rng.normal(size=(frames, 1, model_config.spatial_dim)).astype(np.float16),
+            patch_tokens=rng.normal(size=(frames, grid * grid, model_config.spatial_dim)).astype(np.float16),
+            vision_features=rng.normal(size=(frames, model_config.vision_grid**2, model_config.vision_dim)).astype(np.float16),
+        )
+        example = TrainingExample(id=f"q{b}", video_id=video.video_id, answer=str(rng.integers(1, 9)),
+                                  question="How many chair(s) are in this room?")  # fmt: skip
+        samples.append((example, video))
+    return samples
 
-    def tokens(*shape):
-        out = np.empty(batch_size, dtype=object)
-        out[:] = [rng.normal(size=(frames, *shape)).astype(np.float16) for _ in range(batch_size)]
-        return out
 
-    return {"user_message": np.array([message] * batch_size, dtype=object),
-            "answer": np.array([str(rng.integers(1, 9)) for _ in range(batch_size)], dtype=object),
-            "vision_features": tokens(model_config.vision_grid**2, model_config.vision_dim),
-            "camera_tokens": tokens(1, model_config.spatial_dim),
-            "patch_tokens": tokens(grid * grid, model_config.spatial_dim)}
-
-
-def _frames_step(engine, processor, rows, videos, lr: float) -> None:
+def _frames_step(engine, processor, samples, videos, lr: float) -> None:
     """The reference's step: encoder pixels from raw frames, both frozen encoders, then the same update."""
     for group in engine.optimizer.param_groups:
         group["lr"] = lr
-    text = processor.build_batch(list(rows["user_message"]), answers=list(rows["answer"]))
+    messages = [example.render(processor, video) for example, video in samples]
+    text = processor.build_batch(messages, answers=[example.answer for example, _ in samples])
     pixels = processor.preprocess_frames(videos)
     out = engine(input_ids=text.input_ids, attention_mask=text.attention_mask, labels=text.labels, pixels=pixels)
     engine.backward(out.loss)
@@ -83,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     _init_single_rank()
     cfg = TrainConfig(qa_uri="-", tokens_uri="-", out_uri="-", preset=args.preset, micro_batch_size=args.batch_size,
                       max_steps=args.steps + 2, lr=1e-4)
-    model, processor = build_model_for_training(cfg)
+    vlm_config = training_model_config(cfg)
+    seed_everything(cfg.seed)
+    model = Vlm3rForConditionalGeneration.from_config(vlm_config)  # every part: the frames side runs the encoders
+    model.apply_lora()
+    model.to(cfg.dtype).train()
+    processor = Vlm3rProcessor.from_config(vlm_config)
     engine = build_engine(cfg, model)
     collate = TrainCollator(processor, cfg.dtype)
     rng = np.random.default_rng(0)
-    rows = [_rows(model.config, args.batch_size, args.frames, rng) for _ in range(args.steps + 2)]
+    rows = [_samples(model.config, args.batch_size, args.frames, rng) for _ in range(args.steps + 2)]
     videos = [[rng.integers(0, 256, size=(args.frames, args.frame_size, args.frame_size, 3), dtype=np.uint8)
                for _ in range(args.batch_size)] for _ in range(args.steps + 2)]
 

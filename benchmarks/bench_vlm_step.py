@@ -5,7 +5,8 @@ says how much a step saves when training reads token shards instead of encoding 
 
     python benchmarks/bench_vlm_step.py --preset tiny --frames 32 --steps 5 [--device cuda]
 
-Prints one line per path (seconds per step) and ``speedup = raw / precomputed``.
+Prints one line per path (seconds per step, the two paths alternating step by step) and
+``speedup = raw / precomputed``.
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ from vlm3r_core.presets import get_preset
 from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
-def _seconds_per_step(model, batch, optimizer, steps: int, **inputs) -> float:
-    def step():
+def _seconds_per_step(model, batch, optimizer, steps: int, sides: dict[str, dict]) -> dict[str, float]:
+    """Mean seconds per step of each side, the sides alternating step by step (after one warm-up
+    step each), so a change in machine load hits both alike."""
+
+    def step(inputs: dict) -> float:
+        start = time.perf_counter()
         loss = model(batch.input_ids, batch.attention_mask, batch.labels, **inputs).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    step()  # warm-up
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    for inputs in sides.values():
+        step(inputs)  # warm-up
+    seconds = {name: 0.0 for name in sides}
     for _ in range(steps):
-        step()
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        for name, inputs in sides.items():
+            seconds[name] += step(inputs)
+    return {name: total / steps for name, total in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = processor.build_batch([message], ["3"])
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
 
-    raw = _seconds_per_step(model, batch, optimizer, args.steps, pixels=pixels)
-    pre = _seconds_per_step(model, batch, optimizer, args.steps, features=features)
+    times = _seconds_per_step(model, batch, optimizer, args.steps, {"raw": {"pixels": pixels}, "pre": {"features": features}})
+    raw, pre = times["raw"], times["pre"]
     print(f"preset={args.preset} frames={args.frames} device={args.device} steps={args.steps}")
     print(f"raw frames:          {raw:.3f} s/step")
     print(f"precomputed tokens:  {pre:.3f} s/step")

@@ -1,6 +1,6 @@
-"""QA generation for a set of scenes: scene -> rows, seeding, global letter balancing, writing.
+"""QA generation for a set of scenes: scene -> rows, seeding, letter balancing.
 
-Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on the driver):
+Stages (``jobs/generate_qa.py`` runs each over Ray; :mod:`datagen.dataset` writes the data set):
 
 1. :func:`process_scene`: one scene -> its rows *before* letters are assigned, cached as
    ``<out>/qa/_per_scene/<config fingerprint>/<dataset>/<scene>-<scene.json version>.parquet``. Every task draws from its
@@ -12,28 +12,20 @@ Stages (``jobs/generate_qa.py`` runs the first in parallel on Ray, the rest on t
    records (``template``, ``"<question_type>/<k>"``, 0 = official). A scene that fails is
    reported with its reason and leaves no cache file; re-running skips the scenes already cached
    (resume), and generates a scene again when its ``scene.json`` was rewritten.
-2. :func:`assign_letters`: all rows sorted by id; multiple-choice answers are put on the letter
-   used least so far for their question type (ties and the order of the other options drawn from a
-   generator seeded by ``(seed, row id)``), so letters are balanced over the whole run and the
-   result is the same for any number of workers.
-3. :func:`write_outputs`: benchmark rows (VSI-Bench fields plus ``mc_answer``, ``frame_indices``,
-   ``video``, ``split``, ``seed``, ``generator_version``, ``template``; route questions add the
-   planner that drew them to ``generator_version``, ``vlm3r-qa-1+builtin`` or
-   ``vlm3r-qa-1+habitat``) as parquet and JSON lines per split, training conversations per split
-   (``question``, ``options``, ``answer``, ``video_id``, from which training renders the prompt
-   exactly as evaluation and serving do, plus the LLaVA form for other tools, built by
-   :mod:`vlm3r_core.prompting`), and a manifest with the model preset and frame count the
-   questions were made for, counts per question type and split and the question vocabulary
-   (``vocabulary``, and ``vocabulary_names``: per dataset, raw label -> name asked, or null for
-   every label as it is).
+2. :class:`LetterBalancer`: rows in id order; multiple-choice answers are put on the letter used
+   least so far for their question type (ties and the order of the other options drawn from a
+   generator seeded by ``(seed, row id)``). :mod:`datagen.dataset` runs one balancer per shard
+   group (``DatasetConfig.scenes_per_shard`` scenes in id order), so letters are balanced within
+   every group, memory stays bounded, and the result is the same for any number of workers.
+3. :func:`conversation`: the training sample of a benchmark row (``question``, ``options``,
+   ``answer``, ``video_id``, from which training renders the prompt exactly as evaluation and
+   serving do, plus the LLaVA form for other tools, built by :mod:`vlm3r_core.prompting`).
 
-Output layout under ``<out>/qa/``::
-
-    benchmark/{split}.parquet, benchmark/{split}.jsonl
-    conversations/{split}.jsonl
-    manifest.json                 counts, settings, vocabulary
-    scenes.jsonl, errors.jsonl    the run ledger (vlm3r_core.ledger): scenes done, scenes failed with the reason
-    _per_scene/<fingerprint>/<dataset>/<scene>-<version>.parquet
+Benchmark rows carry the VSI-Bench fields plus ``mc_answer``, ``frame_indices``, ``video``,
+``split``, ``seed``, ``generator_version`` and ``template``; route questions add the planner that
+drew them to ``generator_version`` (``vlm3r-qa-2+builtin`` or ``vlm3r-qa-2+habitat``).
+``vlm3r-qa-2`` differs from ``vlm3r-qa-1`` in the letters only, and only in runs of more than one
+shard group (256 scenes by default): ``-1`` balanced letters over the whole run on the driver.
 """
 
 from __future__ import annotations
@@ -59,7 +51,7 @@ from vlm3r_core import storage
 from vlm3r_core.prompting import PromptConfig, answer_text, build_conversation, build_user_message
 from vlm3r_core.scene import Scene, SceneRef, read_scene, verify_video
 
-GENERATOR_VERSION = "vlm3r-qa-1"
+GENERATOR_VERSION = "vlm3r-qa-2"
 LETTERS = "ABCD"
 TemplateChoice = Literal["official", "diverse"]
 TEMPLATE_CHOICES: tuple[str, ...] = ("official", "diverse")
@@ -184,7 +176,7 @@ class QAConfig:
         return TASKS[task].default_cap if self.default_cap is None else self.default_cap
 
     def generator_version(self, task: str) -> str:
-        """``GENERATOR_VERSION``; for route questions with ``+<planner>`` (``vlm3r-qa-1+habitat``)."""
+        """``GENERATOR_VERSION``; for route questions with ``+<planner>`` (``vlm3r-qa-2+habitat``)."""
         return (
             f"{GENERATOR_VERSION}+{self.route_planner}"
             if TASKS[task].uses_route_planner
@@ -235,6 +227,34 @@ def parse_caps(values: Sequence[str]) -> tuple[int | None, dict[str, int]]:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """How the rows are written (:mod:`datagen.dataset`) and checked for answer bias (:mod:`datagen.bias`).
+
+    Args:
+        scenes_per_shard: scenes per shard group, in id order: each group is written as one
+            parquet file per split (benchmark rows and conversations) with the answer letters
+            balanced within it; bounds the rows a writer holds and a file's size.
+        debias: prune rows until the blind baselines sit near chance on the held-out rows.
+        debias_tolerance: how far above chance (accuracy, or MRA over the typical answer) a blind
+            baseline may sit.
+        debias_rounds: at most this many pruning rounds.
+    """
+
+    scenes_per_shard: int = 256
+    debias: bool = False
+    debias_tolerance: float = 0.05
+    debias_rounds: int = 3
+
+    def __post_init__(self):
+        if self.scenes_per_shard < 1:
+            raise ValueError(f"scenes_per_shard must be >= 1, got {self.scenes_per_shard}")
+        if not 0 <= self.debias_tolerance < 1:
+            raise ValueError(f"debias_tolerance must be in [0, 1), got {self.debias_tolerance}")
+        if self.debias_rounds < 1:
+            raise ValueError(f"debias_rounds must be >= 1, got {self.debias_rounds}")
+
+
+@dataclass(frozen=True)
 class GenerateQAConfig:
     """A QA generation run: where scenes come from and go, what to generate, how much at once.
 
@@ -243,6 +263,7 @@ class GenerateQAConfig:
             ``scenes/`` or one dataset's folder).
         out: output root URI (writes ``<out>/qa/...``).
         qa: what to generate.
+        dataset: how the rows are written: shards, bias control.
         per_scene_cap: questions per scene and question type: ``N`` for every task, ``TASK=N`` for
             one (default: each task's own cap).
         num_cpus_per_scene: CPUs of each scene's Ray task.
@@ -252,6 +273,7 @@ class GenerateQAConfig:
     scenes: str
     out: str
     qa: QAConfig = field(default_factory=QAConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
     per_scene_cap: tuple[str, ...] = ()
     num_cpus_per_scene: float = 0.5
     concurrency: int | None = None
@@ -371,50 +393,62 @@ def process_scene(ref: SceneRef, out: str, config: QAConfig) -> SceneResult:
 # ---- stage 2: letters ------------------------------------------------------------------------
 
 
-def assign_letters(rows: Iterable[dict], seed: int) -> list[dict]:
-    """Benchmark rows (``BENCHMARK_SCHEMA``) from pre-letter rows, sorted by id, letters balanced.
+class LetterBalancer:
+    """Puts the correct choice of multiple-choice rows on letters, balanced per question type.
 
-    For each multiple-choice row (in id order) the correct choice goes to the letter, among the
-    row's first ``len(choices)`` letters, used least so far by its question type; ties and the
-    order of the other choices come from a generator seeded by ``(seed, id)``.
+    Rows must come in id order. Each correct choice goes to the letter, among the row's first
+    ``len(choices)`` letters, used least so far by its question type over the rows this balancer
+    has seen; ties and the order of the other choices come from a generator seeded by
+    ``(seed, row id)``. The state is one counter per question type, so a balancer streams rows of
+    any number. The writers balance each shard group (a fixed run of scenes in id order) with a
+    fresh balancer: the result depends on the rows and the group size only, never on the number
+    of workers or the order they finish in.
     """
-    counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LETTERS), dtype=np.int64))
-    out = []
-    for row in sorted(rows, key=lambda r: r["id"]):
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LETTERS), dtype=np.int64))
+
+    def letter(self, row: Mapping) -> dict:
+        """The benchmark row (``BENCHMARK_SCHEMA``) of one pre-letter row."""
         choices, answer = list(row["choices"]), row["answer"]
         question, options, mc_answer, ground_truth = row["question"], [], None, answer
         if choices:
             n = len(choices)
-            used = counts[row["question_type"]][:n]
-            rng = np.random.default_rng(derive_seed(seed, row["id"]))
+            used = self.counts[row["question_type"]][:n]
+            rng = np.random.default_rng(derive_seed(self.seed, row["id"]))
             slot = int(rng.choice(np.flatnonzero(used == used.min())))
             others = [c for c in choices if c != answer]
             others = [others[i] for i in rng.permutation(len(others))]
             ordered = others[:slot] + [answer] + others[slot:]
-            counts[row["question_type"]][slot] += 1
+            self.counts[row["question_type"]][slot] += 1
             options = [f"{LETTERS[i]}. {c}" for i, c in enumerate(ordered)]
             mc_answer = ground_truth = LETTERS[slot]
             if row["choices_in_question"]:
                 question = fill_choices(question, ordered)
-        out.append(
-            {
-                "id": row["id"],
-                "dataset": row["dataset"],
-                "scene_name": row["scene_name"],
-                "question_type": row["question_type"],
-                "question": question,
-                "options": options,
-                "ground_truth": ground_truth,
-                "mc_answer": mc_answer,
-                "frame_indices": list(row["frame_indices"]),
-                "video": row["video"],
-                "split": row["split"],
-                "seed": row["seed"],
-                "generator_version": row["generator_version"],
-                "template": row["template"],
-            }
-        )
-    return out
+        return {
+            "id": row["id"],
+            "dataset": row["dataset"],
+            "scene_name": row["scene_name"],
+            "question_type": row["question_type"],
+            "question": question,
+            "options": options,
+            "ground_truth": ground_truth,
+            "mc_answer": mc_answer,
+            "frame_indices": list(row["frame_indices"]),
+            "video": row["video"],
+            "split": row["split"],
+            "seed": row["seed"],
+            "generator_version": row["generator_version"],
+            "template": row["template"],
+        }
+
+
+def assign_letters(rows: Iterable[dict], seed: int) -> list[dict]:
+    """Benchmark rows (``BENCHMARK_SCHEMA``) from pre-letter rows, sorted by id, letters balanced
+    per question type over all of them (one :class:`LetterBalancer`)."""
+    balancer = LetterBalancer(seed)
+    return [balancer.letter(row) for row in sorted(rows, key=lambda r: r["id"])]
 
 
 def conversation(row: dict, timestamps: Sequence[float], duration_s: float, prompt: PromptConfig) -> dict:
@@ -441,73 +475,3 @@ def conversation(row: dict, timestamps: Sequence[float], duration_s: float, prom
         "question_type": row["question_type"],
         "data_source": row["dataset"],
     }
-
-
-# ---- stage 3: outputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QASummary:
-    """What a run wrote: scenes seen, scenes failed, and rows per split and question type."""
-
-    num_scenes: int
-    num_failed: int
-    counts: dict[str, dict[str, int]]  # split -> question_type -> rows
-
-    @property
-    def num_rows(self) -> int:
-        return sum(sum(c.values()) for c in self.counts.values())
-
-
-def write_outputs(
-    out: str, config: QAConfig, scenes: Sequence[SceneRef], failures: Sequence[SceneResult]
-) -> QASummary:
-    """Merges the cached scenes of this run, assigns letters and writes every output file."""
-    failed = {f.scene_dir for f in failures}
-    tables = [storage.read_parquet(scene_cache_uri(out, config, r)) for r in scenes if r.dir not in failed]
-    scene_rows = pa.concat_tables([SCENE_ROW_SCHEMA.empty_table(), *tables]).to_pylist()
-    timing = {r["id"]: (r["timestamps"], r["duration_s"]) for r in scene_rows}
-    rows = assign_letters(scene_rows, config.seed)
-    qa = storage.join(out, "qa")
-    by_split: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_split[row["split"]].append(row)
-    for stale in storage.list_files(storage.join(qa, "benchmark")) + storage.list_files(
-        storage.join(qa, "conversations")
-    ):
-        if posixpath.basename(stale).split(".")[0] not in by_split:  # a split an earlier run had
-            storage.remove(stale)
-    for split, split_rows in sorted(by_split.items()):
-        storage.write_parquet(
-            storage.join(qa, "benchmark", f"{split}.parquet"),
-            pa.Table.from_pylist(split_rows, schema=BENCHMARK_SCHEMA),
-        )
-        storage.write_jsonl(storage.join(qa, "benchmark", f"{split}.jsonl"), split_rows)
-        storage.write_jsonl(
-            storage.join(qa, "conversations", f"{split}.jsonl"),
-            [conversation(r, *timing[r["id"]], config.prompt) for r in split_rows],
-        )
-    counts = {
-        s: dict(sorted(Counter(r["question_type"] for r in rs).items())) for s, rs in sorted(by_split.items())
-    }
-    storage.write_json(
-        storage.join(qa, "manifest.json"),
-        {
-            "generator_version": GENERATOR_VERSION,
-            "seed": config.seed,
-            "tasks": list(config.tasks),
-            "caps": {t: config.cap(t) for t in config.tasks},
-            "preset": config.preset,
-            "num_frames": config.num_frames,
-            "route_planner": config.route_planner,
-            "vocabulary": config.vocabulary,
-            "vocabulary_names": vocabulary_tables(config.vocabulary),
-            "templates": config.templates,
-            "config_fingerprint": config.fingerprint(),
-            "num_scenes": len(scenes),
-            "num_failed": len(failures),
-            "num_rows": len(rows),
-            "counts": counts,
-        },
-    )
-    return QASummary(len(scenes), len(failures), counts)

@@ -3,13 +3,13 @@
 On a cluster::
 
     ray job submit --working-dir . -- python jobs/train.py \\
-        --qa s3://bucket/data/qa/conversations/train.jsonl --tokens s3://bucket/data/tokens/<encoder> \\
+        --qa s3://bucket/data/qa/conversations/train --tokens s3://bucket/data/tokens/<encoder> \\
         --out s3://bucket/runs/vlm3r-lora --preset vlm3r-7b --num-workers 8 --gpu --zero-stage 2 \\
         --max-steps 8000 --grad-accum-steps 16 --lr 2e-5
 
 Locally, with no cluster (a local Ray, CPU workers, fp32, gloo)::
 
-    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train.jsonl \\
+    python jobs/train.py --qa ./vlm3r-data/qa/conversations/train \\
         --tokens ./vlm3r-data/tokens/tiny-112px-32f-vf --out ./vlm3r-data/runs/tiny --preset tiny \\
         --num-workers 2 --cpus-per-worker 0.5 --max-steps 200 --lr 1e-3
 
@@ -18,8 +18,9 @@ questions were made for another preset or frame count, and each worker's share o
 each worker streams its own videos' token rows in an order fixed by the seed, so a checkpoint's
 data position resumes exactly. Writes checkpoints to ``<out>/checkpoints/<run-name>/`` (re-running
 with the same ``--out`` and ``--run-name`` resumes; a finished run says so and exits), the trained
-model to ``<out>/model``, ``<out>/summary.json`` when done and conversations without tokens to
-``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
+model to ``<out>/model`` with its model card (``README.md``: data, steps, batch, hardware, wall
+time; ``vlm3r_core/model_card.py``), ``<out>/summary.json`` when done and conversations without
+tokens to ``<out>/skipped.jsonl``. Every ``TrainConfig`` field is a flag (``--max-steps``, ``--lr``, ...).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import time
 
 import ray
 import ray.train
@@ -37,6 +39,7 @@ from ray.train.torch import TorchTrainer
 from jobs.common import RayOptions, connect
 from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
+from vlm3r_core.model_card import training_provenance, write_provenance
 from vlm3r_core.train_data import MicroBatchStream, TrainCollator, TrainingData, plan_training_join
 from vlm3r_core.training import (
     FAIL_AT_STEP_ENV,
@@ -108,7 +111,30 @@ def train_loop_per_worker(config: dict) -> None:
     write_run_summary(cfg, state, metrics)
 
 
+def hardware(cfg: TrainConfig) -> str:
+    """What the workers ran on, for the model card: ``8 x GPU (H100)`` or ``2 x 0.5 CPU``."""
+    if not cfg.use_gpu:
+        return f"{cfg.num_workers} x {cfg.cpus_per_worker:g} CPU"
+    kinds = sorted({k.split(":", 1)[1] for k in ray.cluster_resources() if k.startswith("accelerator_type:")})
+    return f"{cfg.num_workers} x GPU ({', '.join(kinds) or 'type not reported'})"
+
+
+def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float) -> None:
+    """Writes the exported model's provenance and card (a failure here only warns: the model is saved)."""
+    if not storage.exists(storage.join(cfg.model_uri, "config.json")):
+        return
+    try:
+        provenance = training_provenance(
+            dataclasses.asdict(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
+            hardware=hardware(cfg), wall_time_s=wall_time_s,
+        )  # fmt: skip
+        write_provenance(cfg.model_uri, provenance)
+    except (OSError, ValueError) as e:
+        print(f"[train] warning: no model card for {cfg.model_uri}: {e}", file=sys.stderr)
+
+
 def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
+    started = time.monotonic()
     cfg = resolve_paths(cfg)
     if (done := finished_run(cfg)) is not None:
         print(f"[train] {cfg.run_name}: already finished at step {done['step']} (max_steps={cfg.max_steps}), "
@@ -144,6 +170,7 @@ def train(cfg: TrainConfig, ray_options: RayOptions) -> int:
     if m is None:
         print(f"[train] {cfg.run_name}: its last checkpoint was at max_steps={cfg.max_steps}; model -> {cfg.model_uri}")
         return 0
+    record_model(cfg, m, time.monotonic() - started)
     print(f"[train] {cfg.run_name}: step {m['step']}/{cfg.max_steps}, loss {m['loss']:.4f}, resumed from "
           f"{m['resumed_from_step']}; model -> {cfg.model_uri}, checkpoints -> {result.path}")
     return 0

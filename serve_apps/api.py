@@ -16,12 +16,17 @@ Routes:
   answers the frames the model samples as JPEG data URLs). See ``serve_apps/demo.py``.
 
 Every error is a 4xx/5xx in the OpenAI error format ``{"error": {"message", "type", "param",
-"code"}}``. Requests are checked in this order, so a request without a valid API key never reaches
-a model and a bad request never reaches a replica that could crash on it: API key (401), body size
-(413), JSON (400), schema (400), model name (404), content parts (400/415), video source (403/413/
-400), then the video is decoded by the ``GeometryEncoder`` (422 undecodable, 413 over the frame or
-duration limits) and answered by the ``LanguageModel`` (504 past the request timeout, 503 when a
-replica died mid-request; Serve starts a new one).
+"code"}}``, also for hostile JSON and unexpected failures (never plain text). Requests are admitted
+in this order, every check before any decode or model work (``serve_apps/admission.py``), so a
+request without a valid API key never reaches a model and a bad request never reaches a replica
+that could crash on it or slow others down: header bytes (431), API key (401), body size (413) and
+the replica's in-flight body bytes (503), body arrival (408/400), JSON and strict types (400),
+message and part counts (400), model name (404), content parts (400/415), question tokens and
+options (400), video source (403/413/400), the container sniffed and probed without decoding
+(415/422/413 for codec, pixels per frame, frames, duration), the whole prompt against the model's
+context (400). Then the ``GeometryEncoder`` decodes and encodes the video and the ``LanguageModel``
+answers: 429 when a model deployment's queue is full, 504 past the request timeout, 503 with
+Retry-After when a replica died mid-request (Serve starts a new one).
 
 A question written as in the benchmarks, ``<question>\\nOptions:\\nA. ...\\nB. ...``, is a
 multiple-choice question: the prompt is built exactly as in evaluation
@@ -35,19 +40,38 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_apps.admission import Admission, BodyBudget, check_headers
 from serve_apps.args import API_KEYS_ENV, Vlm3rArgs
 from serve_apps.demo import DemoSite, static_file
-from serve_apps.deployments import GenerationOutput, GenerationRequest, VideoLimitError
+from serve_apps.deployments import (
+    ContextLengthError,
+    GenerationOutput,
+    GenerationRequest,
+    PixelsError,
+    PromptError,
+    ReplicaMemory,
+    VideoLimitError,
+    VideoResolutionError,
+    replica_memory,
+)
 from serve_apps.openai_protocol import (
     ApiError,
     AssistantMessage,
@@ -62,12 +86,15 @@ from serve_apps.openai_protocol import (
     VideoSource,
     authorize,
     check_uri_allowed,
+    declared_body_bytes,
     extract_query,
     fetch_video,
     parse_chat_request,
     read_body,
     requested_max_tokens,
+    shorten,
 )
+from vlm3r_core.inference import load_processor
 from vlm3r_core.video import VideoDecodeError
 
 # No ``from __future__ import annotations`` in this module: FastAPI reads the route annotations
@@ -80,20 +107,51 @@ logger = logging.getLogger("ray.serve")
 # Errors from the deployments
 
 
-def backend_error(e: BaseException) -> ApiError:
-    """Maps an error raised by a downstream deployment to the HTTP error the client sees."""
+RETRY_AFTER_S = 1.0  # what 429 and 503 answers tell clients to wait
+
+
+@dataclass(frozen=True)
+class IngressStats:
+    """One ingress replica: its memory and the request-body bytes it holds now."""
+
+    memory: ReplicaMemory
+    body_bytes_held: int
+
+
+def backend_error(e: BaseException, video_param: str | None = None) -> ApiError:
+    """Maps an error raised by a downstream deployment to the HTTP error the client sees.
+
+    ``video_param`` is the request field holding the video (the ``param`` of video errors).
+    """
     cause = e
     while isinstance(cause, RayTaskError) and isinstance(cause.cause, BaseException):
         cause = cause.cause
     if isinstance(cause, VideoLimitError):
-        return ApiError(413, str(cause), "video_too_long")
+        return ApiError(413, str(cause), "video_too_long", param=video_param)
+    if isinstance(cause, VideoResolutionError):
+        return ApiError(413, str(cause), "video_resolution_too_large", param=video_param)
     if isinstance(cause, VideoDecodeError):
-        return ApiError(422, str(cause), "undecodable_video")
-    if isinstance(cause, BackPressureError):
-        return ApiError(503, "the service is at capacity; retry later", "overloaded")
-    if isinstance(cause, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)):
+        return ApiError(422, str(cause), "undecodable_video", param=video_param)
+    if isinstance(cause, PromptError):
+        code = "context_length_exceeded" if isinstance(cause, ContextLengthError) else "invalid_prompt"
+        return ApiError(400, str(cause), code, param="messages[0].content")
+    if isinstance(cause, PixelsError):
+        return ApiError(422, str(cause), "invalid_pixels", param=video_param)
+    if isinstance(cause, BackPressureError):  # a model deployment's queue (max_queued_requests) is full
         return ApiError(
-            503, "a model replica failed while serving this request; retry", "replica_unavailable"
+            429, f"the service is at capacity ({cause.message}); retry later", "rate_limit_exceeded",
+            type="rate_limit_error", retry_after=RETRY_AFTER_S,
+        )
+    if isinstance(
+        cause,
+        (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError, TaskCancelledError, RayServeException),
+    ):  # a replica died or went away mid-request (Serve replaces it), or no replica is up yet
+        logger.warning("request lost its replica: %r", cause)
+        return ApiError(
+            503,
+            f"a model replica was lost while serving this request ({type(cause).__name__}); retry",
+            "replica_unavailable",
+            retry_after=RETRY_AFTER_S,
         )
     logger.error("request failed: %r", e)
     return ApiError(500, f"internal error ({type(cause).__name__})", "internal_error")
@@ -102,7 +160,17 @@ def backend_error(e: BaseException) -> ApiError:
 # ----------------------------------------------------------------------------------------------
 # The ingress deployment
 
-api = FastAPI(title="VLM-3R", description="Spatial question answering about videos (OpenAI chat format).")
+async def _limit_header_bytes(request: Request) -> None:
+    """Every route: 431 past ``max_header_bytes`` (set on ``api.state`` by the ingress replica)."""
+    check_headers(request.scope["headers"], request.app.state.max_header_bytes)
+
+
+api = FastAPI(
+    title="VLM-3R",
+    description="Spatial question answering about videos (OpenAI chat format).",
+    dependencies=[Depends(_limit_header_bytes)],
+)
+api.state.max_header_bytes = Vlm3rArgs.model_fields["max_header_bytes"].default
 
 
 @api.exception_handler(ApiError)
@@ -110,11 +178,19 @@ async def _api_error(_: Request, e: ApiError) -> JSONResponse:
     return e.response()
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-    return ApiError(
-        e.status_code, str(e.detail), "not_found" if e.status_code == 404 else "http_error"
-    ).response()
+    return ApiError(e.status_code, str(e.detail), _HTTP_CODES.get(e.status_code, "http_error")).response()
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, e: Exception) -> JSONResponse:
+    """Anything else is a JSON 500 too (Starlette would answer plain text)."""
+    logger.error("unexpected error: %r", e)
+    return ApiError(500, f"internal error ({type(e).__name__})", "internal_error").response()
 
 
 @serve.deployment(
@@ -135,6 +211,10 @@ class Vlm3rIngress:
         self.allowed_prefixes = tuple(p if p.endswith("/") else p + "/" for p in args.allowed_uri_prefixes)
         self.created = int(time.time())
         self.demo = DemoSite(args)
+        # The model's tokenizer and config (no weights): question and prompt lengths are counted here.
+        self.admission = Admission(args, load_processor(args.model))
+        api.state.max_header_bytes = args.max_header_bytes
+        self.body_budget = BodyBudget(args.max_inflight_body_bytes, RETRY_AFTER_S)
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
@@ -181,7 +261,12 @@ class Vlm3rIngress:
     @api.post("/demo/frames")
     async def demo_frames(self, request: Request) -> dict[str, Any]:
         authorize(request.headers.get("authorization"), self.api_keys)
-        video = await read_body(request, self.args.max_video_bytes)
+        args = self.args
+        video = await read_body(
+            request, args.max_video_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
+        )
+        if video:
+            await asyncio.to_thread(self.admission.check_video, video, "body")  # the API's limits, before decoding
         try:
             return await asyncio.to_thread(self.demo.frames, video)
         except ApiError:
@@ -191,18 +276,42 @@ class Vlm3rIngress:
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
+        args = self.args
         authorize(request.headers.get("authorization"), self.api_keys)
-        chat = parse_chat_request(await read_body(request, self.args.max_body_bytes))
-        if chat.model != self.args.served_model_name:
+        declared = declared_body_bytes(request, args.max_body_bytes)
+        held = self.body_budget.reserve(args.max_body_bytes if declared is None else declared)
+        try:
+            return await self._chat_completion(request)
+        finally:
+            self.body_budget.release(held)
+
+    async def stats(self) -> IngressStats:
+        """This replica's memory and request bodies held (through a handle: ``ingress.stats.remote()``)."""
+        return IngressStats(memory=replica_memory(), body_bytes_held=self.body_budget.held)
+
+    async def _chat_completion(self, request: Request) -> JSONResponse | StreamingResponse:
+        args = self.args
+        body = await read_body(
+            request, args.max_body_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
+        )
+        chat = parse_chat_request(body, args.max_messages, args.max_content_parts)
+        del body
+        if chat.model != args.served_model_name:
             raise ApiError(
                 404,
-                f"model {chat.model!r} does not exist; this server serves {self.args.served_model_name!r}",
+                f"model {shorten(chat.model)!r} does not exist; this server serves {args.served_model_name!r}",
                 "model_not_found",
                 param="model",
             )
-        max_new_tokens = requested_max_tokens(chat, self.args.default_max_tokens, self.args.max_tokens_limit)
-        query = extract_query(chat)
+        max_new_tokens = requested_max_tokens(chat, args.default_max_tokens, args.max_tokens_limit)
+        query = extract_query(chat, args.max_video_bytes)
+        stream_requested = chat.stream
+        include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        del chat  # the parsed body, video data URL included
+        await asyncio.to_thread(self.admission.check_text, query)
         video = await self._video_bytes(query.video)
+        probe = await asyncio.to_thread(self.admission.check_video, video, query.video.param)
+        await asyncio.to_thread(self.admission.check_prompt, query, probe, max_new_tokens)
         generation = GenerationRequest(
             question=query.question, options=query.options, max_new_tokens=max_new_tokens
         )
@@ -210,24 +319,26 @@ class Vlm3rIngress:
             video, query.video.param
         )  # chained: features go encoder -> LM directly
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if chat.stream:
-            include_usage = chat.stream_options is not None and chat.stream_options.include_usage
+        if stream_requested:
             stream = self.language_model.options(stream=True).generate_stream.remote(generation, encoded)
-            return await self._stream_response(stream, completion_id, created, include_usage)
+            return await self._stream_response(stream, completion_id, created, include_usage, query.video.param)
         response = self.language_model.generate.remote(generation, encoded)
         try:
-            out: GenerationOutput = await asyncio.wait_for(response, self.args.request_timeout_s)
+            out: GenerationOutput = await asyncio.wait_for(response, args.request_timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
             raise self._timeout() from None
+        except asyncio.CancelledError:  # the client left: stop the generation it started
+            response.cancel()
+            raise
         except ApiError:
             raise
         except Exception as e:
-            raise backend_error(e) from None
+            raise backend_error(e, query.video.param) from None
         completion = ChatCompletion(
             id=completion_id,
             created=created,
-            model=self.args.served_model_name,
+            model=args.served_model_name,
             choices=[Choice(message=AssistantMessage(content=out.text), finish_reason=out.finish_reason)],
             usage=Usage(
                 prompt_tokens=out.prompt_tokens,
@@ -238,14 +349,7 @@ class Vlm3rIngress:
         return JSONResponse(completion.model_dump(exclude_none=True))
 
     async def _video_bytes(self, source: VideoSource) -> bytes:
-        if source.data is not None:
-            if len(source.data) > self.args.max_video_bytes:
-                raise ApiError(
-                    413,
-                    f"{source.param}: the video is {len(source.data)} bytes, more than the limit of {self.args.max_video_bytes}",
-                    "video_too_large",
-                    param=source.param,
-                )
+        if source.data is not None:  # a data URL, decoded and size-checked by extract_query
             return source.data
         check_uri_allowed(source.uri, self.allowed_prefixes, source.param)
         try:
@@ -269,11 +373,11 @@ class Vlm3rIngress:
         )
 
     async def _stream_response(
-        self, stream, completion_id: str, created: int, include_usage: bool
+        self, stream, completion_id: str, created: int, include_usage: bool, video_param: str
     ) -> StreamingResponse:
         """Waits for the first output (so errors before any token are plain 4xx/5xx), then streams
         ``chat.completion.chunk`` events; an error after the first event ends the stream with an
-        ``{"error": ...}`` event."""
+        ``{"error": ...}`` event. A client that disconnects cancels the generation (its row stops)."""
         deadline = time.monotonic() + self.args.request_timeout_s
 
         async def next_output() -> GenerationOutput | None:
@@ -284,8 +388,11 @@ class Vlm3rIngress:
             except asyncio.TimeoutError:
                 stream.cancel()
                 raise self._timeout() from None
+            except asyncio.CancelledError:
+                stream.cancel()
+                raise
             except Exception as e:
-                raise backend_error(e) from None
+                raise backend_error(e, video_param) from None
 
         def event(delta: Delta | None, finish_reason: str | None = None, usage: Usage | None = None) -> str:
             choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
@@ -301,9 +408,9 @@ class Vlm3rIngress:
         first = await next_output()
 
         async def events() -> AsyncIterator[str]:
-            yield event(Delta(role="assistant", content=""))
             out, last = first, first
             try:
+                yield event(Delta(role="assistant", content=""))
                 while out is not None:
                     last = out
                     if out.text:
@@ -312,6 +419,9 @@ class Vlm3rIngress:
             except ApiError as e:
                 yield f"data: {e.response().body.decode()}\n\n"
                 return
+            finally:
+                if out is not None:  # the client left (or the stream failed) before the end
+                    stream.cancel()
             yield event(Delta(), finish_reason=last.finish_reason or "stop")
             if include_usage:
                 total = last.prompt_tokens + last.completion_tokens

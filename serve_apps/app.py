@@ -28,5 +28,12 @@ from serve_apps.deployments import GeometryEncoder, LanguageModel
 
 
 def build_app(args: Vlm3rArgs) -> Application:
-    """The bound application graph: ingress -> (GeometryEncoder, LanguageModel)."""
-    return Vlm3rIngress.bind(args, GeometryEncoder.bind(args), LanguageModel.bind(args))
+    """The bound application graph: ingress -> (GeometryEncoder, LanguageModel).
+
+    The model deployments take ``args.max_queued_requests`` as Serve's ``max_queued_requests``: a
+    request past it is refused at once (429 with Retry-After) instead of waiting in an unbounded queue.
+    """
+    queue = dict(max_queued_requests=args.max_queued_requests)
+    return Vlm3rIngress.bind(
+        args, GeometryEncoder.options(**queue).bind(args), LanguageModel.options(**queue).bind(args)
+    )

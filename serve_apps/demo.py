@@ -5,9 +5,9 @@ The ingress (``serve_apps/api.py``) serves these under ``/demo``; the page itsel
 (``serve_apps/static/``) is plain HTML, CSS and JavaScript that calls the OpenAI-compatible API.
 
 Demo videos (``Vlm3rArgs.demo_videos``) are either a data root (``<root>/scenes/<dataset>/<scene>/``
-with ``scene.json`` and the video; questions from ``<root>/qa/benchmark/*.jsonl``) or a folder of
+with ``scene.json`` and the video; questions from the shards under ``<root>/qa/benchmark/``) or a folder of
 video files (questions only from ``Vlm3rArgs.demo_questions``). Questions are benchmark rows
-(:func:`vlm3r_core.evaluation.read_benchmark`) matched to a video by its ``video`` URI or by
+(:func:`vlm3r_core.evaluation.iter_benchmark`) matched to a video by its ``video`` URI or by
 ``<dataset>/<scene_name>``.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 from serve_apps.args import Vlm3rArgs
 from serve_apps.openai_protocol import ApiError, fetch_video
 from vlm3r_core import storage
-from vlm3r_core.evaluation import BenchmarkRow, read_benchmark
+from vlm3r_core.evaluation import BenchmarkRow, iter_benchmark
 from vlm3r_core.point_cloud import scene_point_cloud
-from vlm3r_core.scene import list_scene_dirs, read_scene
+from vlm3r_core.scene import list_scenes, read_scene
 from vlm3r_core.video import jpeg_thumbnail, read_video
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -80,23 +80,27 @@ class DemoCatalog:
         """Lists the videos under ``uri`` (a data root or a folder of videos; None: no videos)."""
         if not uri:
             return cls([])
-        scene_dirs = list_scene_dirs(uri)[:MAX_DEMO_VIDEOS]
-        if scene_dirs:
-            videos = [
-                DemoVideo(id="/".join(d.rstrip("/").split("/")[-2:]), uri=None, scene_dir=d) for d in scene_dirs
-            ]
+        scenes = list_scenes(uri)[:MAX_DEMO_VIDEOS]
+        scene_dirs = [ref.dir for ref in scenes]
+        if scenes:
+            videos = [DemoVideo(id=ref.video_id, uri=None, scene_dir=ref.dir) for ref in scenes]
         else:
             files = [u for u in storage.list_files(uri) if u.lower().endswith(VIDEO_SUFFIXES)][:MAX_DEMO_VIDEOS]
             videos = [DemoVideo(id=posixpath.splitext(posixpath.relpath(u, uri))[0], uri=u) for u in files]
         if questions:
             sources = [questions]
-        elif scene_dirs:
-            sources = storage.list_files(storage.join(uri, "qa", "benchmark"), ".jsonl", recursive=False)
+        elif scene_dirs and storage.list_files(storage.join(uri, "qa", "benchmark"), ".parquet"):
+            sources = [storage.join(uri, "qa", "benchmark")]  # every split's shards, streamed
         else:
             sources = []
-        rows = [row for source in sources for row in read_benchmark(source)]
         catalog = cls(videos)
         by_uri = {storage.absolute(v.uri): v for v in videos if v.uri}
+        rows = [
+            row
+            for source in sources
+            for row in iter_benchmark(source)
+            if row.video_id in catalog.videos or storage.absolute(row.video) in by_uri
+        ]
         for row in sorted(rows, key=lambda r: (r.question_type, r.id)):
             video = catalog.videos.get(row.video_id) or by_uri.get(storage.absolute(row.video))
             if video is None:
@@ -124,13 +128,16 @@ class DemoCatalog:
         return scene_point_cloud(read_scene(video.scene_dir)).to_json()
 
 
-def sampled_frames(video: bytes, num_frames: int, max_frames: int | None, name: str) -> dict:
+def sampled_frames(
+    video: bytes, num_frames: int, max_frames: int | None, name: str, max_pixels: int | None = None
+) -> dict:
     """The frames the model sees (the one sampler, ``num_frames`` of them) as JPEG ``data:`` URLs.
 
     Raises:
-        VideoDecodeError: the bytes are not a decodable video; ``VideoTooLongError`` past ``max_frames``.
+        VideoDecodeError: the bytes are not a decodable video; ``VideoTooLongError`` past
+            ``max_frames``, ``VideoTooLargeError`` past ``max_pixels`` per frame.
     """
-    decoded = read_video(video, num_frames, max_frames, name)
+    decoded = read_video(video, num_frames, max_frames, name, max_pixels=max_pixels)
     return {
         "num_frames": decoded.num_frames,
         "fps": decoded.fps,
@@ -206,4 +213,6 @@ class DemoSite:
         """``POST /demo/frames``: the frames the served model samples from a video."""
         if not video:
             raise ApiError(400, "the request body must be a video", "missing_video")
-        return sampled_frames(video, self.num_frames(), self.args.max_video_frames, "the video")
+        return sampled_frames(
+            video, self.num_frames(), self.args.max_video_frames, "the video", self.args.max_video_pixels
+        )

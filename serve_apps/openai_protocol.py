@@ -6,17 +6,21 @@ The ingress (``serve_apps/api.py``) calls these functions in order; each raises 
 plain functions, tested without a server.
 """
 
+import asyncio
 import base64
 import binascii
 import hmac
 import json
+import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pydantic
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from vlm3r_core import storage
 
@@ -25,21 +29,43 @@ from vlm3r_core import storage
 
 
 class ApiError(Exception):
-    """An error answered in the OpenAI format; ``param`` names the offending request field."""
+    """An error answered in the OpenAI format; ``param`` names the offending request field.
+
+    ``retry_after`` (seconds) becomes a ``Retry-After`` header: 429 and 503 carry one, so clients
+    (the ``openai`` client among them) know the request may succeed later.
+    """
 
     def __init__(
-        self, status: int, message: str, code: str, param: str | None = None, type: str | None = None
+        self,
+        status: int,
+        message: str,
+        code: str,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
         self.type = type or ("invalid_request_error" if status < 500 else "server_error")
+        self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
         body = ErrorResponse(
             error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
         )
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body.model_dump(), status_code=self.status, headers=headers)
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return JSONResponse(body.model_dump(), status_code=self.status, headers=headers or None)
+
+
+def shorten(value: Any, limit: int = 40) -> str:
+    """``repr``-like text of a request value for an error message, cut to ``limit`` characters
+    (a 4,000-digit ``max_tokens`` is not echoed back whole)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[: limit - 12]}... ({len(text)} chars)"
 
 
 class ErrorInfo(pydantic.BaseModel):
@@ -200,21 +226,60 @@ def authorize(authorization: str | None, api_keys: frozenset[str]) -> None:
         raise ApiError(401, "invalid API key", "invalid_api_key", type="authentication_error")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``max_bytes``."""
+def declared_body_bytes(request: Request, max_bytes: int) -> int | None:
+    """The request's ``Content-Length`` (None when absent); 400 when it is not a number, 413 above
+    ``max_bytes``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is None:
+        return None
+    if not declared.isdigit() or len(declared) > 18:
+        raise ApiError(400, f"Content-Length {shorten(declared)!r} is not a byte count", "invalid_header")
+    if int(declared) > max_bytes:
         raise ApiError(
             413,
             f"request body is {int(declared)} bytes, more than the limit of {max_bytes}",
             "body_too_large",
         )
+    return int(declared)
+
+
+async def read_body(request: Request, max_bytes: int, idle_timeout_s: float, total_timeout_s: float) -> bytes:
+    """The request body: 413 as soon as it passes ``max_bytes``; 408 when no piece of it arrives
+    for ``idle_timeout_s`` or the whole has not arrived after ``total_timeout_s``; 400 when the
+    client stops sending before its ``Content-Length``."""
+    declared = declared_body_bytes(request, max_bytes)
+    deadline = time.monotonic() + total_timeout_s
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(idle_timeout_s, deadline - time.monotonic())
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(wait, 0.001))
+        except StopAsyncIteration:
+            break
+        except ClientDisconnect:
+            raise ApiError(400, f"the client left after {size} bytes of the body", "incomplete_body") from None
+        except asyncio.TimeoutError:
+            expected = f" of {declared}" if declared is not None else ""
+            why = (
+                f"the whole body did not arrive within {total_timeout_s} s"
+                if time.monotonic() >= deadline
+                else f"then nothing for {idle_timeout_s} s"
+            )
+            raise ApiError(
+                408,
+                f"request body incomplete: {size}{expected} bytes arrived, {why} (body timeout)",
+                "body_timeout",
+                type="timeout_error",
+            ) from None
         size += len(chunk)
         if size > max_bytes:
             raise ApiError(413, f"request body is more than the limit of {max_bytes} bytes", "body_too_large")
         chunks.append(chunk)
+    if declared is not None and size != declared:
+        raise ApiError(
+            400, f"request body is {size} bytes, but Content-Length said {declared}", "incomplete_body"
+        )
     return b"".join(chunks)
 
 
@@ -225,16 +290,53 @@ def _param(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """JSON body -> request model; 400 naming the field for bad JSON, missing or invalid fields."""
+def _check_counts(payload: dict, max_messages: int | None, max_content_parts: int | None) -> None:
+    """400 for more messages or content parts than allowed, before the rest of the body is validated."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return
+    if max_messages is not None and len(messages) > max_messages:
+        raise ApiError(
+            400,
+            f"messages: {len(messages)} messages, more than the limit of {max_messages}",
+            "too_many_messages",
+            param="messages",
+        )
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if max_content_parts is not None and isinstance(content, list) and len(content) > max_content_parts:
+            raise ApiError(
+                400,
+                f"messages[{i}].content: {len(content)} parts, more than the limit of {max_content_parts}",
+                "too_many_content_parts",
+                param=f"messages[{i}].content",
+            )
+
+
+def parse_chat_request(
+    body: bytes, max_messages: int | None = None, max_content_parts: int | None = None
+) -> ChatCompletionRequest:
+    """JSON body -> request model; 400 naming the field for bad JSON, missing or invalid fields.
+
+    Hostile JSON is a 400 too: nesting deeper than the parser's recursion limit, integers longer
+    than Python converts (4,300 digits), invalid UTF-8. Types are strict: ``"10"`` is not an
+    integer and ``"yes"`` is not a boolean.
+    """
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON ({e})", "invalid_json") from None
+        raise ApiError(400, f"request body is not valid JSON ({shorten(str(e), 120)})", "invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON (nested too deeply)", "invalid_json") from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ApiError(400, f"request body is not valid JSON ({shorten(str(e), 120)})", "invalid_json") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object", "invalid_json")
+    _check_counts(payload, max_messages, max_content_parts)
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        return ChatCompletionRequest.model_validate(payload, strict=True)
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply", "invalid_json") from None
     except pydantic.ValidationError as e:
         # Report the first error; a union (str | list) reports each branch, keep the list branch.
         errors = e.errors(include_url=False)
@@ -242,7 +344,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         loc = tuple(p for p in first["loc"] if p not in ("str", "list[ContentPart]"))
         param = _param(loc)
         missing = first["type"] == "missing"
-        message = f"{param}: field required" if missing else f"{param}: {first['msg']}"
+        message = f"{param}: field required" if missing else f"{param}: {shorten(first['msg'], 200)}"
         raise ApiError(400, message, "missing_field" if missing else "invalid_value", param=param) from None
 
 
@@ -258,8 +360,9 @@ def split_options(text: str) -> tuple[str, tuple[str, ...]]:
     return "\n".join(lines[:at]).strip(), options
 
 
-def extract_query(chat: ChatCompletionRequest) -> Query:
-    """The one user message -> question text, options and the video source."""
+def extract_query(chat: ChatCompletionRequest, max_video_bytes: int | None = None) -> Query:
+    """The one user message -> question text, options and the video source (a data URL is
+    decoded here: 413 when it holds more than ``max_video_bytes``)."""
     for i, message in enumerate(chat.messages):
         if message.role != "user":
             raise ApiError(
@@ -320,12 +423,14 @@ def extract_query(chat: ChatCompletionRequest) -> Query:
     j, url = videos[0]
     param = f"messages[0].content[{j}].video_url.url"
     if url.startswith("data:"):
-        return Query(question, options, VideoSource(param=param, data=decode_data_url(url, param)))
+        data = decode_data_url(url, param, max_video_bytes)
+        return Query(question, options, VideoSource(param=param, data=data))
     return Query(question, options, VideoSource(param=param, uri=url))
 
 
-def decode_data_url(url: str, param: str) -> bytes:
-    """``data:video/<type>;base64,<payload>`` -> bytes; 415 for other media types."""
+def decode_data_url(url: str, param: str, max_bytes: int | None = None) -> bytes:
+    """``data:video/<type>;base64,<payload>`` -> bytes; 415 for other media types, 413 when the
+    payload would decode to more than ``max_bytes`` (checked before decoding)."""
     match = _DATA_URL.match(url)
     if match is None:
         raise ApiError(400, f"{param}: malformed data URL", "invalid_data_url", param=param)
@@ -344,6 +449,9 @@ def decode_data_url(url: str, param: str) -> bytes:
             "invalid_data_url",
             param=param,
         )
+    decoded_size = len(match["payload"]) // 4 * 3  # 0-2 bytes more than the data (padding)
+    if max_bytes is not None and decoded_size - 2 > max_bytes:
+        raise _video_too_large(param, decoded_size, max_bytes, "about ")
     try:
         data = base64.b64decode(match["payload"], validate=True)
     except (binascii.Error, ValueError):
@@ -352,11 +460,31 @@ def decode_data_url(url: str, param: str) -> bytes:
         ) from None
     if not data:
         raise ApiError(400, f"{param}: the data URL holds no bytes", "invalid_data_url", param=param)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _video_too_large(param, len(data), max_bytes)
     return data
 
 
+def _video_too_large(param: str, size: int, max_bytes: int, about: str = "") -> ApiError:
+    return ApiError(
+        413, f"{param}: the video is {about}{size} bytes, more than the limit of {max_bytes}", "video_too_large", param=param
+    )
+
+
+_URI_SPECIALS = re.compile(r"::|[\x00-\x1f\x7f\\]")  # fsspec chaining, control characters, backslashes
+
+
 def check_uri_allowed(uri: str, allowed_prefixes: tuple[str, ...], param: str) -> None:
-    """403 unless ``uri`` lies under one of the allowed prefixes (no ``..`` segments)."""
+    """403 unless ``uri`` lies under one of the allowed prefixes (no ``..`` segments, no fsspec
+    chaining such as ``s3://bucket/videos/a.mp4::http://host/``, no control characters)."""
+    if _URI_SPECIALS.search(uri):
+        raise ApiError(
+            403,
+            f"{param}: {shorten(uri, 120)!r} is not a plain URI (chained '::' URIs, control characters "
+            "and backslashes are refused)",
+            "uri_not_allowed",
+            param=param,
+        )
     if not allowed_prefixes:
         raise ApiError(
             403,
@@ -368,7 +496,7 @@ def check_uri_allowed(uri: str, allowed_prefixes: tuple[str, ...], param: str) -
     if ".." in path.split("/") or not any(uri.startswith(p) for p in allowed_prefixes):
         raise ApiError(
             403,
-            f"{param}: {uri!r} is outside the allowed prefixes {list(allowed_prefixes)}",
+            f"{param}: {shorten(uri, 120)!r} is outside the allowed prefixes {list(allowed_prefixes)}",
             "uri_not_allowed",
             param=param,
         )
@@ -382,25 +510,23 @@ def fetch_video(uri: str, max_bytes: int, param: str) -> bytes:
     except FileNotFoundError:
         raise ApiError(400, f"{param}: no video at {uri!r}", "video_not_found", param=param) from None
     if size is not None and size > max_bytes:
-        raise ApiError(
-            413,
-            f"{param}: the video is {size} bytes, more than the limit of {max_bytes}",
-            "video_too_large",
-            param=param,
-        )
-    return storage.read_bytes(uri)
+        raise _video_too_large(param, size, max_bytes)
+    data = storage.read_bytes(uri)
+    if len(data) > max_bytes:  # a store that did not report the size
+        raise _video_too_large(param, len(data), max_bytes)
+    return data
 
 
 def requested_max_tokens(chat: ChatCompletionRequest, default: int, limit: int) -> int:
     """``max_completion_tokens`` or ``max_tokens`` (400 above ``limit``), else ``default``."""
     if chat.n != 1:
-        raise ApiError(400, f"n: only n=1 is supported, got {chat.n}", "invalid_value", param="n")
+        raise ApiError(400, f"n: only n=1 is supported, got {shorten(chat.n)}", "invalid_value", param="n")
     field = "max_completion_tokens" if chat.max_completion_tokens is not None else "max_tokens"
     value = getattr(chat, field)
     if value is None:
         return default
     if value > limit:
         raise ApiError(
-            400, f"{field}: {value} is more than the limit of {limit}", "invalid_value", param=field
+            400, f"{field}: {shorten(value)} is more than the limit of {limit}", "invalid_value", param=field
         )
     return value

@@ -91,7 +91,9 @@ def test_the_library_never_imports_ray():
     assert not offenders, f"library modules importing Ray: {offenders}"
 
 
-@pytest.mark.parametrize("package", ["vlm3r_core", "datagen", "serve_apps", "serve_apps.openai_protocol", "serve_apps.args"])
+@pytest.mark.parametrize(
+    "package", ["vlm3r_core", "datagen", "serve_apps", "serve_apps.openai_protocol", "serve_apps.args", "serve_apps.admission"]
+)
 def test_importing_a_library_package_loads_no_ray(package):
     code = f"import sys, {package}; assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))[:5]"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -7,7 +7,11 @@ outputs with :mod:`vlm3r_core.metrics` and writes, under the output URI:
 
 - ``predictions.jsonl``: one record per question (question, options, ground truth, raw output,
   parsed answer, official and lenient score);
-- ``summary.json`` and ``summary.md``: per task and overall, official and lenient, per benchmark;
+- ``summary.json`` and ``summary.md``: per task and overall, official and lenient, per benchmark,
+  beside VSI-Bench's two chance levels (random guess, most frequent answer:
+  :func:`vlm3r_core.metrics.chance_levels`); with VSI-Bench-Debiased information (a ``pruned``
+  column, or ``pruned_ids``) also ``<benchmark>-debiased``: the same scores over the questions
+  Iterative Bias Pruning kept;
 - ``report.html``: one self-contained page with charts and example questions with their frames
   (:mod:`vlm3r_core.report`);
 - ``plots/<task>.png``: per task, predicted against true letters (multiple choice) or predicted
@@ -18,23 +22,30 @@ outputs with :mod:`vlm3r_core.metrics` and writes, under the output URI:
   rest; a finished run re-run only scores again.
 
 :func:`run_evaluation` is the whole run; the answering itself is a function it is given (the job
-runs :class:`vlm3r_core.inference.AnswerQuestions` on a Ray Data actor pool; tests call it
+runs :class:`vlm3r_core.inference.AnswerQuestions` on a Ray Data actor pool, or
+:class:`vlm3r_core.endpoint.EndpointAnswerer` for any OpenAI-compatible endpoint; tests call them
 directly).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Literal
 
 import numpy as np
 
 from vlm3r_core import storage
+from vlm3r_core.endpoint import ENDPOINT_PREFIX, EndpointConfig, parse_endpoint
 from vlm3r_core.ledger import RunLedger, RunSummary
 from vlm3r_core.metrics import (
     BenchmarkSummary,
+    ChanceLevels,
     ScoredRow,
+    chance_levels,
     is_numeric_question,
     lenient_parse_choice,
     lenient_parse_number,
@@ -52,8 +63,9 @@ class EvalConfig:
     """An evaluation run.
 
     Args:
-        model: ``save_pretrained`` folder/URI (``jobs/train.py`` output), or a preset name (``tiny``
-            = the untrained model).
+        model: ``save_pretrained`` folder/URI (``jobs/train.py`` or converter output), a preset name
+            (``tiny`` = the untrained model), or ``openai:<base_url>#<model_name>``: any
+            OpenAI-compatible endpoint (``openai:http://127.0.0.1:8000/v1#vlm3r``).
         benchmark: benchmark rows: a parquet file or folder, JSON or JSONL.
         out: output folder URI (predictions, summary, plots, the run ledger).
         tokens: token shard set URI (precomputed features); default: decode and encode the raw videos.
@@ -65,6 +77,13 @@ class EvalConfig:
         limit: evaluate only the first N questions.
         baseline: ``summary.json`` of another run, shown beside this one.
         title: the run's name in the report (default: the model).
+        dtype: run our model in this dtype instead of its config's (the official evaluation ran
+            float16, ``vlm3r-7b`` is bfloat16).
+        blind: answer without the video (text only), to read a score against what the question
+            text alone gets.
+        pruned_ids: VSI-Bench-Debiased's ``pruned_ids.txt`` (one question id a line): the summary
+            also reports the debiased subset (rows with a ``pruned`` column need no file).
+        endpoint: how ``openai:`` models are asked (``vlm3r_core.endpoint.EndpointConfig``).
     """
 
     model: str
@@ -79,6 +98,10 @@ class EvalConfig:
     limit: int | None = None
     baseline: str | None = None
     title: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    blind: bool = False
+    pruned_ids: str | None = None
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
 
     def __post_init__(self):
         for name in ("num_actors", "batch_size", "max_new_tokens"):
@@ -86,6 +109,26 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.is_endpoint:
+            parse_endpoint(self.model)
+            if self.tokens or self.dtype:
+                raise ValueError("tokens and dtype apply to our own models, not to an openai: endpoint")
+
+    @property
+    def is_endpoint(self) -> bool:
+        return self.model.startswith(ENDPOINT_PREFIX)
+
+    @property
+    def answerer(self) -> str:
+        """Who answers, with the settings that change the answers: the ledger keeps answers per
+        answerer, so a re-run resumes only its own (``tiny``, ``tiny [bfloat16, blind]``,
+        ``openai:http://host/v1#m [frames x32]``)."""
+        tags = [self.dtype] if self.dtype else []
+        if self.is_endpoint and self.endpoint.input == "frames":
+            tags.append(f"frames x{self.endpoint.num_frames}")
+        if self.blind:
+            tags.append("blind")
+        return f"{self.model} [{', '.join(tags)}]" if tags else self.model
 
 
 AnswerFn = Callable[[Sequence["BenchmarkRow"]], Iterable[dict]]
@@ -98,10 +141,11 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
     Raises:
         ValueError: no benchmark rows (or a malformed one: the message names it).
     """
-    rows = read_benchmark(cfg.benchmark, cfg.videos_root, cfg.split)[: cfg.limit]
+    rows = list(islice(iter_benchmark(cfg.benchmark, cfg.videos_root, cfg.split, cfg.pruned_ids), cfg.limit))
     if not rows:
         raise ValueError(f"no benchmark rows in {cfg.benchmark}")
-    with RunLedger("evaluate", cfg.out, "id", manifest_file="answers.jsonl", accept=lambda r: r.get("model") == cfg.model) as ledger:
+    answerer = cfg.answerer
+    with RunLedger("evaluate", cfg.out, "id", manifest_file="answers.jsonl", accept=lambda r: r.get("model") == answerer) as ledger:
         by_id = {r.id: r for r in rows}
         todo = ledger.plan(by_id)
         if todo and len(todo) < len(rows):
@@ -112,13 +156,15 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
                 if a["error"] is not None:
                     ledger.fail(a["id"], a["error"], video_id=a["video_id"])
                 else:
-                    ledger.record({"id": a["id"], "video_id": a["video_id"], "prediction": a["prediction"], "model": cfg.model})
+                    ledger.record({"id": a["id"], "video_id": a["video_id"], "prediction": a["prediction"], "model": answerer})
         answered = {i: ledger.rows[i]["prediction"] for i in by_id if i in ledger.rows}
         records = score_predictions(rows, answered)
         baseline = read_summary(cfg.baseline) if cfg.baseline else None
-        title = cfg.title or cfg.model
-        summaries = write_report(cfg.out, records, title, baseline)
-        print(summary_markdown(summaries, title, baseline), flush=True)
+        title = cfg.title or answerer
+        run = {"model": cfg.model, "answerer": answerer, "benchmark": cfg.benchmark, "split": cfg.split,
+               "dtype": cfg.dtype, "blind": cfg.blind, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit}  # fmt: skip
+        summaries = write_report(cfg.out, records, title, baseline, run=run)
+        print(summary_markdown(summaries, title, baseline, chance_levels_of(records)), flush=True)
         scores = {f"{name} official": f"{s.overall_official:.1f}" for name, s in summaries.items()}
         return ledger.close(**scores), summaries
 
@@ -137,40 +183,47 @@ class BenchmarkRow:
     mc_answer: str | None
     video: str
     frame_indices: tuple[int, ...] = ()
+    pruned: bool | None = None  # VSI-Bench-Debiased: removed by Iterative Bias Pruning (None: unknown)
 
     @property
     def video_id(self) -> str:
         return f"{self.dataset}/{self.scene_name}"
 
 
-def _load_records(uri: str) -> list[dict]:
+BENCHMARK_COLUMNS = [
+    "id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth", "mc_answer",
+    "video", "video_path", "frame_indices", "split",
+]  # fmt: skip
+
+
+def _iter_records(uri: str) -> Iterator[dict]:
+    """Records of a parquet file or folder (one row group at a time), a JSON list or JSON lines."""
     if uri.endswith(".parquet") or not uri.endswith((".json", ".jsonl")):
-        table = storage.read_parquet(uri)
-        return table.to_pylist()
+        for table in storage.iter_parquet(uri, BENCHMARK_COLUMNS):
+            yield from table.to_pylist()
+        return
     if uri.endswith(".jsonl"):
-        return storage.read_jsonl(uri)
+        yield from storage.read_jsonl(uri)
+        return
     data = storage.read_json(uri)
     if not isinstance(data, list):
         raise ValueError(f"{uri}: expected a JSON list of benchmark rows, got {type(data).__name__}")
-    return data
+    yield from data
 
 
-def read_benchmark(uri: str, videos_root: str | None = None, split: str | None = None) -> list[BenchmarkRow]:
-    """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
+def read_pruned_ids(uri: str) -> set[str]:
+    """VSI-Bench-Debiased's ``pruned_ids.txt``: the ids of the questions Iterative Bias Pruning removed."""
+    return {line.strip() for line in storage.read_text(uri).splitlines() if line.strip()}
 
-    Args:
-        uri: the benchmark file (or a folder of parquet files).
-        videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
-            (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
-            absolute ``video`` URI (our generated ones) keep it.
-        split: keep only rows of this split (rows without a split are kept).
 
-    Raises:
-        ValueError: a row misses a required field; the message names the row and the field.
-    """
-    root = videos_root or uri.rsplit("/", 1)[0]
-    rows = []
-    for n, r in enumerate(_load_records(uri)):
+def iter_benchmark(
+    uri: str, videos_root: str | None = None, split: str | None = None, pruned_ids: str | None = None
+) -> Iterator[BenchmarkRow]:
+    """Benchmark rows one at a time (:func:`read_benchmark`'s arguments and errors); parquet files
+    and folders of shards (``qa/benchmark/<split>``) are read one row group at a time."""
+    root = videos_root or uri.rstrip("/").rsplit("/", 1)[0]
+    pruned = read_pruned_ids(pruned_ids) if pruned_ids else None
+    for n, r in enumerate(_iter_records(uri)):
         if split is not None and r.get("split") not in (None, split):
             continue
         missing = [k for k in ("dataset", "scene_name", "question_type", "question", "ground_truth") if r.get(k) is None]
@@ -181,21 +234,42 @@ def read_benchmark(uri: str, videos_root: str | None = None, split: str | None =
             video = storage.join(root, r["dataset"], f"{r['scene_name']}.mp4")
         elif "://" not in video and not video.startswith("/"):
             video = storage.join(root, video)
-        rows.append(
-            BenchmarkRow(
-                id=str(r.get("id", n)),
-                dataset=str(r["dataset"]),
-                scene_name=str(r["scene_name"]),
-                question_type=str(r["question_type"]),
-                question=str(r["question"]),
-                options=tuple(r.get("options") or ()),
-                ground_truth=str(r["ground_truth"]),
-                mc_answer=r.get("mc_answer") or None,
-                video=video,
-                frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
-            )
+        yield BenchmarkRow(
+            id=str(r.get("id", n)),
+            dataset=str(r["dataset"]),
+            scene_name=str(r["scene_name"]),
+            question_type=str(r["question_type"]),
+            question=str(r["question"]),
+            options=tuple(r.get("options") or ()),
+            ground_truth=str(r["ground_truth"]),
+            mc_answer=r.get("mc_answer") or None,
+            video=video,
+            frame_indices=tuple(int(i) for i in (r.get("frame_indices") or ())),
+            pruned=(str(r.get("id", n)) in pruned) if pruned is not None
+            else (None if r.get("pruned") is None else bool(r["pruned"])),
         )
-    return rows
+
+
+def read_benchmark(
+    uri: str, videos_root: str | None = None, split: str | None = None, pruned_ids: str | None = None
+) -> list[BenchmarkRow]:
+    """Reads benchmark rows from a parquet file or folder, a JSON list or JSON lines.
+
+    Args:
+        uri: the benchmark file, or a folder of parquet files (a split of a generated data set:
+            ``qa/benchmark/<split>``; all of ``qa/benchmark`` holds every split).
+        videos_root: where ``{dataset}/{scene_name}.mp4`` (VSI-Bench) or ``video_path``
+            (VSTI-Bench) is resolved; defaults to the folder of ``uri``. Rows that carry an
+            absolute ``video`` URI (our generated ones) keep it.
+        split: keep only rows of this split (rows without a split are kept).
+        pruned_ids: VSI-Bench-Debiased's ``pruned_ids.txt``: marks the rows it names as pruned
+            (else a row's own ``pruned`` column, as in ``test_debiased.parquet`` /
+            ``test_pruned.parquet``, else unknown).
+
+    Raises:
+        ValueError: a row misses a required field; the message names the row and the field.
+    """
+    return list(iter_benchmark(uri, videos_root, split, pruned_ids))
 
 
 def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> list[dict]:
@@ -228,8 +302,39 @@ def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> 
     return records
 
 
+DEBIASED_SUFFIX = "-debiased"
+
+
+def _debiased(records: Sequence[dict]) -> list[dict] | None:
+    """The records VSI-Bench-Debiased keeps, when the rows say which were pruned and some were."""
+    flags = [r.get("pruned") for r in records]
+    if None in flags or not any(flags) or all(flags):
+        return None
+    return [r for r in records if not r["pruned"]]
+
+
 def summarize_records(records: Sequence[dict]) -> dict[str, BenchmarkSummary]:
-    return summarize(ScoredRow(r["question_type"], r["score_official"], r["score_lenient"]) for r in records)
+    """Per benchmark; with pruning information also ``<benchmark>-debiased`` over the kept rows."""
+    out = summarize(ScoredRow(r["question_type"], r["score_official"], r["score_lenient"]) for r in records)
+    kept = _debiased(records)
+    if kept:
+        for name, s in summarize(ScoredRow(r["question_type"], r["score_official"], r["score_lenient"]) for r in kept).items():
+            out[name + DEBIASED_SUFFIX] = dataclasses.replace(s, benchmark=name + DEBIASED_SUFFIX)
+    return out
+
+
+def chance_levels_of(records: Sequence[dict]) -> dict[str, ChanceLevels]:
+    """VSI-Bench's chance rows for the benchmarks of ``records`` (and their debiased subsets)."""
+
+    def levels(rs: Sequence[dict]) -> dict[str, ChanceLevels]:
+        return chance_levels((r["question_type"], r["options"], r["ground_truth"], r["mc_answer"]) for r in rs)
+
+    out = levels(records)
+    kept = _debiased(records)
+    if kept:
+        for name, c in levels(kept).items():
+            out[name + DEBIASED_SUFFIX] = dataclasses.replace(c, benchmark=name + DEBIASED_SUFFIX)
+    return out
 
 
 def _png(fig) -> bytes:
@@ -273,8 +378,11 @@ def task_plot(task: str, records: Sequence[dict]) -> bytes:
     return data
 
 
-def overview_plot(summary: BenchmarkSummary, baseline: BenchmarkSummary | None = None) -> bytes:
-    """PNG with one bar per task (official and lenient; the baseline's official when given)."""
+def overview_plot(
+    summary: BenchmarkSummary, baseline: BenchmarkSummary | None = None, chance: ChanceLevels | None = None
+) -> bytes:
+    """PNG with one bar per task (official and lenient; the baseline's official when given) and a
+    marker per chance level (random guess, most frequent answer) when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -291,6 +399,14 @@ def overview_plot(summary: BenchmarkSummary, baseline: BenchmarkSummary | None =
     if baseline:
         base = [baseline.tasks.get(t, (np.nan,))[0] for t in summary.tasks] + [baseline.overall_official]
         ax.bar(x + width, base, width, label="baseline (official)")
+    if chance:
+        for values, overall, marker, label in (
+            (chance.chance, chance.chance_overall, "_", "chance (random)"),
+            (chance.frequency, chance.frequency_overall, "x", "chance (frequency)"),
+        ):
+            ys = [values.get(t) for t in summary.tasks] + [overall]
+            ax.scatter(x, [np.nan if y is None else y for y in ys], marker=marker, color="black", s=120,
+                       zorder=3, label=label)  # fmt: skip
     ax.set_xticks(x, tasks, rotation=40, ha="right")
     ax.set_ylabel("score")
     ax.set_ylim(0, 100)
@@ -306,15 +422,23 @@ def write_report(
     records: Sequence[dict],
     title: str = "",
     baseline: dict[str, BenchmarkSummary] | None = None,
+    run: dict | None = None,
 ) -> dict[str, BenchmarkSummary]:
-    """Writes predictions, summary (JSON + markdown), report.html and plots under ``out``; returns the summary."""
+    """Writes predictions, summary (JSON + markdown), report.html and plots under ``out``; returns the summary.
+
+    ``summary.json`` holds ``title``, ``num_questions``, ``benchmarks`` (per benchmark: overall and
+    per task, official and lenient, with counts), ``chance_levels`` (per benchmark, see
+    :func:`vlm3r_core.metrics.chance_levels`) and ``run`` (the settings of the run, when given).
+    """
     summaries = summarize_records(records)
+    chance = chance_levels_of(records)
     storage.write_jsonl(storage.join(out, "predictions.jsonl"), records)
     storage.write_json(
         storage.join(out, "summary.json"),
-        {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()}},
+        {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()},
+         "chance_levels": {k: c.to_dict() for k, c in chance.items()}, "run": run or {}},  # fmt: skip
     )
-    storage.write_text(storage.join(out, "summary.md"), summary_markdown(summaries, title, baseline))
+    storage.write_text(storage.join(out, "summary.md"), summary_markdown(summaries, title, baseline, chance))
     write_html_report(out, records, summaries, title, baseline)
     by_task: dict[str, list[dict]] = {}
     for r in records:
@@ -324,7 +448,7 @@ def write_report(
     for name, summary in summaries.items():
         storage.write_bytes(
             storage.join(out, "plots", f"overview_{name}.png"),
-            overview_plot(summary, (baseline or {}).get(name)),
+            overview_plot(summary, (baseline or {}).get(name), chance.get(name)),
         )
     return summaries
 

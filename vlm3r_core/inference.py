@@ -1,14 +1,19 @@
 """Answering questions about videos with a VLM-3R model: the one generation path.
 
-- :func:`load_model`: a preset name (seeded random weights) or a saved model folder.
+- :func:`load_model`: a preset name (seeded random weights) or a saved model folder, in its
+  config's dtype or another one (bf16, fp16, fp32).
 - :class:`VideoContext`: what a prompt needs from one video (its encoder features, the times of
-  the sampled frames, its length), from token shards (:func:`contexts_from_tokens`) or from the
-  raw video (:func:`context_from_video`, through the model's one encoder path ``encode_frames``).
+  the sampled frames, its length), from token shards (:func:`contexts_from_tokens`), from the
+  raw video (:func:`context_from_video`, through the model's one encoder path ``encode_frames``),
+  or no video at all (:func:`blind_context`: a text-only run; the prompt's placeholder then
+  stands for zero video tokens and the time line is left out).
 - :func:`generation_inputs`: questions + their videos -> the chat text batch, the padded video
   features and the prompt length as the LLM sees it, with the user turn built by
   :meth:`Vlm3rProcessor.user_message` (the model's own ``PromptConfig``), the call training makes.
   Batch evaluation (:class:`AnswerQuestions`) and the serving ``LanguageModel`` both call it, so
-  an answer does not depend on where the question was asked.
+  an answer does not depend on where the question was asked. :func:`generate` never picks an id
+  the tokenizer does not have (the LM head's padding rows) nor the video placeholder.
+  :func:`prompt_length` gives the same length from the frame times alone (no features), for admission checks before decoding.
 - :class:`AnswerQuestions`: a Ray Data stage written as a plain callable class (testable without
   Ray): the constructor loads the model once, each call answers a batch of benchmark rows; a row
   that cannot be answered (unreadable video, missing token row, a prompt that does not fit)
@@ -20,21 +25,23 @@ widths, ``L`` text tokens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from vlm3r_core.ledger import error_reason
 from vlm3r_core.presets import PRESETS, get_preset
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
 from vlm3r_core.vlm import COMPONENTS, TextBatch, VideoFeatures, Vlm3rForConditionalGeneration, Vlm3rProcessor
+from vlm3r_core.vlm.config import DTYPES
 
 
 def load_model(
-    source: str, device: str | torch.device = "cpu", parts: Sequence[str] | None = None
+    source: str, device: str | torch.device = "cpu", parts: Sequence[str] | None = None, dtype: str | None = None
 ) -> tuple[Vlm3rForConditionalGeneration, Vlm3rProcessor]:
     """Loads a preset name (seeded random weights, e.g. the untrained ``tiny``) or a ``save_pretrained`` URI.
 
@@ -42,7 +49,11 @@ def load_model(
         device: where the model runs.
         parts: build only these components (e.g. ``("vision_tower", "cut3r")`` for a serving
             replica that only encodes; see ``from_config``); None builds the whole model.
+        dtype: run in this dtype ("float32", "bfloat16", "float16") instead of the config's; the
+            model's config then says so, so encoders, features and the LLM all use it.
     """
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     components = COMPONENTS if parts is None else tuple(parts)
     if source in PRESETS:
         config = get_preset(source)
@@ -51,7 +62,15 @@ def load_model(
     else:
         model = Vlm3rForConditionalGeneration.from_pretrained(source, components=components)
         processor = Vlm3rProcessor.from_pretrained(source)
+    if dtype is not None and dtype != model.config.dtype:
+        model.config = model.config.replace(dtype=dtype)
+        model.to(DTYPES[dtype])
     return model.to(device).eval(), processor
+
+
+def load_processor(source: str) -> Vlm3rProcessor:
+    """The processor (config and tokenizer) of a preset name or a ``save_pretrained`` URI, without weights."""
+    return Vlm3rProcessor.from_config(get_preset(source)) if source in PRESETS else Vlm3rProcessor.from_pretrained(source)
 
 
 @dataclass(frozen=True)
@@ -86,11 +105,15 @@ class GenerationInputs:
         features: the videos' features padded over frames, (B, T, ...), with ``frame_mask``.
         prompt_tokens: per question, the prompt length the LLM sees (the ``<image>`` placeholder
             replaced by the video's tokens).
+        vocab_size: the ids the tokenizer has; generation never picks one past it.
+        suppress_ids: input-only ids (video placeholders) generation never picks.
     """
 
     text: TextBatch
     features: VideoFeatures
     prompt_tokens: list[int]
+    vocab_size: int | None = None
+    suppress_ids: tuple[int, ...] = ()
 
 
 def generation_inputs(
@@ -111,7 +134,7 @@ def generation_inputs(
     messages = [
         processor.user_message(q.question, q.options, timestamps=v.timestamps, duration_s=v.duration_s)
         for q, v in zip(questions, videos, strict=True)
-    ]
+    ]  # fmt: skip
     for v in videos:
         if v.features.vision_features is None:
             raise ValueError("the video has no SigLIP features (token shards precomputed without --with-vision-features)")
@@ -125,14 +148,55 @@ def generation_inputs(
     text = processor.build_batch(messages)
     per_frame = config.tokens_per_frame
     prompt_tokens = [int(n) - 1 + t * per_frame for n, t in zip(text.attention_mask.sum(1).tolist(), frames, strict=True)]
-    return GenerationInputs(text=text, features=features, prompt_tokens=prompt_tokens)
+    return GenerationInputs(
+        text=text,
+        features=features,
+        prompt_tokens=prompt_tokens,
+        vocab_size=processor.vocab_size,
+        suppress_ids=processor.input_only_ids,
+    )
+
+
+def prompt_length(
+    processor: Vlm3rProcessor, question: Question, timestamps: Sequence[float], duration_s: float
+) -> int:
+    """The prompt length the LLM sees for ``question`` about a video whose sampled frames are at
+    ``timestamps`` (T of them): the text tokens plus T x ``tokens_per_frame`` video tokens, the
+    ``prompt_tokens`` that :func:`generation_inputs` reports, computed without any features.
+
+    Raises:
+        ValueError: a question the prompt builder refuses (one holding the video placeholder).
+    """
+    config = processor.config
+    message = processor.user_message(question.question, question.options, timestamps=timestamps, duration_s=duration_s)
+    text = processor.build_batch([message])
+    return int(text.attention_mask.sum()) - 1 + len(timestamps) * config.tokens_per_frame
+
+
+class _StopRows(StoppingCriteria):
+    """Ends the rows ``done()`` flags (B,), checked after every decoding step."""
+
+    def __init__(self, done: Callable[[], Sequence[bool]]):
+        self.done = done
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor(list(self.done()), dtype=torch.bool, device=input_ids.device)  # (B,)
 
 
 @torch.inference_mode()
 def generate(
-    model: Vlm3rForConditionalGeneration, inputs: GenerationInputs, max_new_tokens: int, streamer=None
+    model: Vlm3rForConditionalGeneration,
+    inputs: GenerationInputs,
+    max_new_tokens: int,
+    streamer=None,
+    stop_rows: Callable[[], Sequence[bool]] | None = None,
 ) -> torch.Tensor:
-    """Greedy decoding of a batch (as in the official evaluation); returns (B, L_new) new ids."""
+    """Greedy decoding of a batch (as in the official evaluation); returns (B, L_new) new ids.
+
+    ``stop_rows``: called after every step, returns (B,) flags; a flagged row ends there (its
+    later tokens are padding) and decoding ends once every row has (serving: a row whose client
+    left, or that reached its own ``max_tokens``, stops costing steps).
+    """
     device = model.device
     return model.generate(
         input_ids=inputs.text.input_ids.to(device),
@@ -141,6 +205,9 @@ def generate(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         streamer=streamer,
+        vocab_size=inputs.vocab_size,
+        suppress_ids=inputs.suppress_ids,
+        stopping_criteria=None if stop_rows is None else StoppingCriteriaList([_StopRows(stop_rows)]),
     )
 
 
@@ -152,6 +219,19 @@ def context_from_video(
     with torch.inference_mode():
         feats = model.encode_frames(processor.preprocess_frames([video.frames]))
     return VideoContext(feats.to("cpu"), tuple(float(t) for t in video.timestamps), float(video.duration_s))
+
+
+def blind_context(model: Vlm3rForConditionalGeneration) -> VideoContext:
+    """No video: zero frames (a text-only run; see the module docstring)."""
+    cfg = model.config
+    g, n = cfg.vision_grid, (cfg.cut3r_image_size // cfg.cut3r.patch_size) ** 2
+    features = VideoFeatures(
+        vision_features=torch.zeros(1, 0, g * g, cfg.vision_dim),
+        camera_tokens=torch.zeros(1, 0, 1, cfg.spatial_dim),
+        patch_tokens=torch.zeros(1, 0, n, cfg.spatial_dim),
+        frame_mask=torch.zeros(1, 0, dtype=torch.bool),
+    )
+    return VideoContext(features, (), 0.0)
 
 
 def contexts_from_tokens(tokens_uri: str, video_ids: Sequence[str]) -> dict[str, VideoContext]:
@@ -171,17 +251,29 @@ class AnswerQuestions:
     Returns columns ``id``, ``video_id``, ``prediction`` (raw model output or None) and ``error``
     (None, or why the row could not be answered: unreadable video, no token row, a prompt the
     model cannot take, ...). A failure of one row never fails the others of its batch.
+
+    Args:
+        model: a preset name or a ``save_pretrained`` folder/URI.
+        tokens: token shard set URI; None decodes and encodes the raw videos.
+        device: where the model runs.
+        max_new_tokens: answer length limit.
+        dtype: run in this dtype instead of the model config's (see :func:`load_model`).
+        blind: answer without the video (text only; see :func:`blind_context`).
     """
 
-    def __init__(self, model: str, tokens: str | None = None, device: str = "cpu", max_new_tokens: int = 16):
+    def __init__(self, model: str, tokens: str | None = None, device: str = "cpu", max_new_tokens: int = 16,
+                 dtype: str | None = None, blind: bool = False):  # fmt: skip
         self.device = torch.device(device)
-        self.model, self.processor = load_model(model, self.device)
+        self.model, self.processor = load_model(model, self.device, dtype=dtype)
         self.tokens = tokens
         self.max_new_tokens = max_new_tokens
+        self.blind = blind
 
     def _load_videos(self, rows: list[dict]) -> tuple[dict[str, VideoContext], dict[str, str]]:
         """Contexts per video id, and the reason for every video that failed."""
         ids = sorted({r["video_id"] for r in rows})
+        if self.blind:
+            return {i: blind_context(self.model) for i in ids}, {}
         if self.tokens:
             videos = contexts_from_tokens(self.tokens, ids)
             return videos, {i: f"no token row for {i} in {self.tokens}" for i in ids if i not in videos}

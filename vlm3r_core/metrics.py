@@ -2,8 +2,10 @@
 
 Official rules (thinking-in-space ``lmms_eval/tasks/vsibench/utils.py`` and the VSTI-Bench task):
 
-- Parsing: the first space-separated token of the output, trailing ``.`` stripped
-  (``"A. left"`` -> ``"A"``, ``"3.5 meters"`` -> ``"3.5"``, ``"about 3.5"`` -> ``"about"``).
+- Parsing: the output is stripped of surrounding whitespace (lmms-eval's ``Task.process_results``
+  does it before the task sees the answer), then the first space-separated token is taken and a
+  trailing ``.`` removed (``" A"`` -> ``"A"``, ``"C.\n"`` -> ``"C"``, ``"A. left"`` -> ``"A"``,
+  ``"3.5 meters"`` -> ``"3.5"``, ``"about 3.5"`` -> ``"about"``).
 - Multiple choice (MCA): case-insensitive exact match with the answer letter (``mc_answer`` when
   the row has one, as in VSTI-Bench, else ``ground_truth``).
 - Numeric (NA): ``float()`` of the token; a parse failure scores 0. Mean relative accuracy over
@@ -19,6 +21,29 @@ multi-view correspondence, one-turn routes) are scored by the same rules (all mu
 aggregated as VSTI-Bench is, under their own benchmark ``"vlm3r-ext"``, so the VSI-Bench and
 VSTI-Bench figures never include them.
 
+Edge cases, and what this module does where the official code does not say:
+
+- Ground truth 0 on a numeric question: the relative error divides by zero. The official task
+  raises ``ZeroDivisionError`` there (only ``TypeError`` is caught) and the whole lmms-eval run
+  stops; here the question scores 0 whatever the prediction. No released VSI-Bench or VSTI-Bench
+  row has a ground truth of 0 (our generators never write one either).
+- A multiple-choice row without ``mc_answer``: the letter is compared with ``ground_truth``, as
+  VSI-Bench does (its ``ground_truth`` is the letter). VSTI-Bench compares with ``mc_answer``
+  always (its rows all have one). A row whose ``ground_truth`` is the option text and that has no
+  ``mc_answer`` can only score 0 under the official rules; the lenient parser still matches the
+  option text.
+- A prediction that is not text (``None``: the model failed on the question) scores 0.
+
+Chance levels (:func:`chance_levels`): VSI-Bench prints two rows of them beside every model.
+``chance`` is a random guess: 1 / (number of options) for multiple choice, undefined for numeric
+questions (so its overall is undefined when the benchmark has any). ``frequency`` always gives
+the most frequent answer of the question type: for numeric questions the most frequent ground
+truth value (the smallest on a tie); for multiple choice the option holding the most frequent
+answer text (``left`` for relative direction) where a question offers it, else the most frequent
+answer letter (a text that was the answer only once does not count as frequent; ties go to the
+first in alphabetical order). Both are scored with the official rules and aggregated like a
+model's scores.
+
 The lenient parser also reads ``"B) chair"``, ``"(B)"``, ``"The answer is B"``, the full option
 text, and numbers with units (``"150 cm"`` for a question asked in metres). It is always reported
 in its own column and never changes the official score.
@@ -27,7 +52,7 @@ in its own column and never changes the official score.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -89,8 +114,9 @@ def benchmark_of(question_type: str) -> str:
 
 
 def official_parse(prediction: str) -> str:
-    """The official answer extraction: first space-separated token, trailing ``.`` removed."""
-    return prediction.split(" ")[0].rstrip(".").strip()
+    """The official answer extraction: surrounding whitespace stripped (as lmms-eval does before
+    scoring), first space-separated token, trailing ``.`` removed."""
+    return prediction.strip().split(" ")[0].rstrip(".").strip()
 
 
 def mean_relative_accuracy(prediction: float, ground_truth: float) -> float:
@@ -245,25 +271,140 @@ def summarize(rows: Iterable[ScoredRow]) -> dict[str, BenchmarkSummary]:
     return out
 
 
+@dataclass(frozen=True)
+class ChanceLevels:
+    """VSI-Bench's two chance rows for one benchmark, x 100, per task (as in :class:`BenchmarkSummary`)
+    and overall; ``None`` where a random guess is undefined (numeric questions)."""
+
+    benchmark: str
+    chance: dict[str, float | None]
+    frequency: dict[str, float]
+    chance_overall: float | None
+    frequency_overall: float
+
+    def to_dict(self) -> dict:
+        return {
+            "chance": {"tasks": dict(self.chance), "overall": self.chance_overall},
+            "frequency": {"tasks": dict(self.frequency), "overall": self.frequency_overall},
+        }
+
+    @classmethod
+    def from_dict(cls, benchmark: str, data: dict) -> ChanceLevels:
+        return cls(
+            benchmark=benchmark,
+            chance=dict(data["chance"]["tasks"]),
+            frequency=dict(data["frequency"]["tasks"]),
+            chance_overall=data["chance"]["overall"],
+            frequency_overall=data["frequency"]["overall"],
+        )
+
+
+def _option_parts(option: str) -> tuple[str, str]:
+    """``"A. chair"`` -> ``("A", "chair")``."""
+    letter, _, text = option.partition(".")
+    return letter.strip().upper(), text.strip()
+
+
+def _most_frequent_number(values: Iterable[str]) -> float | None:
+    counts = Counter()
+    for v in values:
+        try:
+            counts[float(v)] += 1
+        except (TypeError, ValueError):
+            continue
+    if not counts:
+        return None
+    top = max(counts.values())
+    return min(v for v, n in counts.items() if n == top)
+
+
+def chance_levels(rows: Iterable[tuple[str, Sequence[str], str, str | None]]) -> dict[str, ChanceLevels]:
+    """VSI-Bench's chance rows (see the module docstring) for benchmark rows given as
+    ``(question_type, options, ground_truth, mc_answer)``, per benchmark."""
+    by_type: dict[str, list[tuple[Sequence[str], str, str | None]]] = defaultdict(list)
+    for question_type, options, ground_truth, mc_answer in rows:
+        by_type[question_type].append((options, ground_truth, mc_answer))
+    chance_rows, frequency_rows = [], []
+    for question_type, items in by_type.items():
+        if is_numeric_question(question_type):
+            mode = _most_frequent_number(gt for _, gt, _ in items)
+            for _, gt, mc in items:
+                score = 0.0 if mode is None else score_official(question_type, repr(mode), gt, mc)
+                frequency_rows.append(ScoredRow(question_type, score, score))
+            continue
+        letters, texts = Counter(), Counter()
+        for options, gt, mc in items:
+            target = _target(gt, mc).strip().upper()
+            letters[target] += 1
+            texts.update(text for letter, text in map(_option_parts, options) if letter == target)
+        top_letter = min(letters, key=lambda k: (-letters[k], k))
+        top_text = min(texts, key=lambda k: (-texts[k], k)) if texts else None
+        if top_text is not None and texts[top_text] < 2:
+            top_text = None  # an answer given once is no frequent answer
+        for options, gt, mc in items:
+            by_text = {text: letter for letter, text in map(_option_parts, options)}
+            guess = by_text.get(top_text, top_letter) if top_text is not None else top_letter
+            score = score_official(question_type, guess, gt, mc)
+            frequency_rows.append(ScoredRow(question_type, score, score))
+            chance = 1.0 / len(options) if options else 0.0
+            chance_rows.append(ScoredRow(question_type, chance, chance))
+    frequency, chance = summarize(frequency_rows), summarize(chance_rows)
+    out = {}
+    for name, f in frequency.items():
+        c = chance.get(name)
+        chance_tasks = {t: (c.tasks[t][0] if c is not None and t in c.tasks else None) for t in f.tasks}
+        defined = all(v is not None for v in chance_tasks.values())
+        out[name] = ChanceLevels(
+            benchmark=name,
+            chance=chance_tasks,
+            frequency={t: v[0] for t, v in f.tasks.items()},
+            chance_overall=c.overall_official if c is not None and defined else None,
+            frequency_overall=f.overall_official,
+        )
+    return out
+
+
+def _cell(value: float | None, bold: bool = False) -> str:
+    text = "-" if value is None else f"{value:.1f}"
+    return f"**{text}**" if bold else text
+
+
 def summary_markdown(
-    summaries: dict[str, BenchmarkSummary], title: str = "", baseline: dict[str, BenchmarkSummary] | None = None
+    summaries: dict[str, BenchmarkSummary],
+    title: str = "",
+    baseline: dict[str, BenchmarkSummary] | None = None,
+    chance: dict[str, ChanceLevels] | None = None,
 ) -> str:
-    """A markdown table per benchmark: task, count, official, lenient (and the baseline's scores)."""
+    """A markdown table per benchmark: task, count, official, lenient, the chance levels (random
+    guess, most frequent answer) when given, and the baseline run's scores when given."""
     lines = [f"## {title}", ""] if title else []
     for name, s in summaries.items():
         base = (baseline or {}).get(name)
+        levels = (chance or {}).get(name)
         head, rule = "| task | n | official | lenient |", "|---|---:|---:|---:|"
+        if levels:
+            head, rule = head + " chance | frequency |", rule + "---:|---:|"
         if base:
             head, rule = head + " baseline official | baseline lenient |", rule + "---:|---:|"
         lines += [f"### {s.benchmark}", "", head, rule]
         for t, (o, le, n) in s.tasks.items():
             row = f"| {t} | {n} | {o:.1f} | {le:.1f} |"
+            if levels:
+                row += f" {_cell(levels.chance.get(t))} | {_cell(levels.frequency.get(t))} |"
             if base:
                 bo, bl = base.tasks[t][:2] if t in base.tasks else (float("nan"), float("nan"))
                 row += f" {bo:.1f} | {bl:.1f} |"
             lines.append(row)
         overall = f"| **overall** | | **{s.overall_official:.1f}** | **{s.overall_lenient:.1f}** |"
+        if levels:
+            overall += f" {_cell(levels.chance_overall, True)} | {_cell(levels.frequency_overall, True)} |"
         if base:
             overall += f" **{base.overall_official:.1f}** | **{base.overall_lenient:.1f}** |"
         lines += [overall, ""]
+    if chance:
+        lines += [
+            "chance: a random guess (1 / options; undefined for numeric answers); frequency: always the "
+            "most frequent answer of the question type (VSI-Bench's two chance-level rows).",
+            "",
+        ]
     return "\n".join(lines)

@@ -39,6 +39,7 @@ __all__ = [
     "exists",
     "filesystem",
     "is_remote",
+    "iter_parquet",
     "join",
     "list_files",
     "pyarrow_filesystem",
@@ -274,6 +275,34 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{uri}: cannot read parquet ({e})") from e
+
+
+def iter_parquet(uri: str, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Reads one parquet file, or every ``*.parquet`` file under a folder (in name order), one row
+    group at a time: memory holds one row group, however large the data set.
+
+    Args:
+        columns: the columns to read; those a file does not have are left out (None: all).
+    """
+    fs, path = pyarrow_filesystem(uri)
+    with translate_errors(uri):
+        is_folder = fs.get_file_info(path).type == pafs.FileType.Directory
+    files = list_files(uri, ".parquet") if is_folder else [uri]
+    if is_folder and not files:
+        raise FileNotFoundError(f"{uri}: folder holds no .parquet files")
+    for file in files:
+        fs, path = pyarrow_filesystem(file)
+        try:
+            with translate_errors(file), fs.open_input_file(path) as f:
+                reader = pq.ParquetFile(f)
+                names = reader.schema_arrow.names
+                keep = None if columns is None else [c for c in columns if c in names]
+                for i in range(reader.num_row_groups):
+                    yield reader.read_row_group(i, columns=keep)
+        except (pa.ArrowInvalid, OSError) as e:
+            if isinstance(e, FileNotFoundError | StorageError):
+                raise
+            raise ValueError(f"{file}: cannot read parquet ({e})") from e
 
 
 def write_parquet(uri: str, table: pa.Table) -> None:

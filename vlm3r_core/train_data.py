@@ -125,17 +125,26 @@ def example_from_row(row: dict) -> TrainingExample:
     return TrainingExample(id=row_id, video_id=_video_id(row), answer=str(gpt["value"]), user_message=str(human["value"]))
 
 
-def _read_rows(uri: str) -> list[dict]:
+TRAINING_COLUMNS = ["id", "video_id", "dataset", "scene_name", "question", "options", "answer", "conversations"]
+
+
+def _iter_rows(uri: str) -> Iterator[dict]:
+    """Rows of one file; parquet one row group at a time, its LLaVA ``conversations`` turned into
+    Python objects only for row groups with rows that have no ``question``."""
     if uri.endswith(".jsonl"):
-        return storage.read_jsonl(uri)
-    if uri.endswith(".json"):
+        yield from storage.read_jsonl(uri)
+    elif uri.endswith(".json"):
         rows = storage.read_json(uri)
         if not isinstance(rows, list):
             raise ValueError(f"{uri}: expected a JSON list of training rows")
-        return rows
-    if uri.endswith(".parquet"):
-        return storage.read_parquet(uri).to_pylist()
-    raise ValueError(f"{uri}: training conversations must be .jsonl, .json or .parquet")
+        yield from rows
+    elif uri.endswith(".parquet"):
+        for table in storage.iter_parquet(uri, TRAINING_COLUMNS):
+            if "question" in table.column_names and table.column("question").null_count == 0:
+                table = table.drop_columns([c for c in ("conversations",) if c in table.column_names])
+            yield from table.to_pylist()
+    else:
+        raise ValueError(f"{uri}: training conversations must be .jsonl, .json or .parquet")
 
 
 def _is_file(uri: str) -> bool:
@@ -143,14 +152,16 @@ def _is_file(uri: str) -> bool:
 
 
 def read_training_examples(uri: str) -> list[TrainingExample]:
-    """Reads training conversations from a file or a folder of ``.jsonl``/``.json``/``.parquet`` files.
+    """Reads training conversations from a file or a folder of ``.jsonl``/``.json``/``.parquet``
+    files (a split of a generated data set: ``qa/conversations/train``), streaming: parquet shards
+    one row group at a time, only the fields training uses kept.
 
     Raises:
         ValueError: a malformed row (the message names it), duplicate ids, or no rows at all.
     """
     files = [uri] if _is_file(uri) else [f for f in storage.list_files(uri) if f.endswith(QA_SUFFIXES)]
     files = [f for f in files if posixpath.basename(f) != QA_MANIFEST]
-    examples = [example_from_row(row) for f in files for row in _read_rows(f)]
+    examples = [example_from_row(row) for f in files for row in _iter_rows(f)]
     if not examples:
         raise ValueError(f"{uri}: no training conversations found")
     seen: set[str] = set()
@@ -216,13 +227,17 @@ def _parent(uri: str) -> str | None:
 
 
 def find_qa_manifest(qa_uri: str) -> str | None:
-    """``qa/manifest.json`` of generated conversations: beside them or one folder up (``<root>/qa/``
-    for ``<root>/qa/conversations/train.jsonl``); None for conversations from elsewhere."""
+    """``qa/manifest.json`` of generated conversations: in their folder or up to two folders up
+    (``<root>/qa/`` for ``<root>/qa/conversations/train`` or a shard in it); None for
+    conversations from elsewhere."""
     uri = storage.absolute(qa_uri).rstrip("/")
-    folder = _parent(uri) if _is_file(uri) else uri
-    for candidate in (folder, folder and _parent(folder)):
-        if candidate and storage.exists(storage.join(candidate, QA_MANIFEST)):
+    candidate = _parent(uri) if _is_file(uri) else uri
+    for _ in range(3):
+        if candidate is None:
+            break
+        if storage.exists(storage.join(candidate, QA_MANIFEST)):
             return storage.join(candidate, QA_MANIFEST)
+        candidate = _parent(candidate)
     return None
 
 

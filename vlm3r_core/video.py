@@ -30,6 +30,10 @@ class VideoTooLongError(VideoDecodeError):
     """A video with more frames than the ``max_frames`` limit of :func:`read_video`."""
 
 
+class VideoTooLargeError(VideoDecodeError):
+    """A video with a frame of more pixels than the ``max_pixels`` limit of :func:`read_video`."""
+
+
 @dataclass(frozen=True)
 class DecodedVideo:
     """Sampled frames of one video.
@@ -85,6 +89,26 @@ def _open(source: str | bytes, name: str) -> av.container.InputContainer:
         raise VideoDecodeError(f"{name}: cannot open video ({e})") from e
 
 
+# Leading bytes of the video containers :func:`sniff_container` recognises -> PyAV demuxer name.
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")  # ISO BMFF / QuickTime first box
+
+
+def sniff_container(data: bytes) -> str | None:
+    """The container of encoded video bytes from their first bytes, or None for anything else.
+
+    Returns ``"mp4"`` (ISO BMFF: mp4, mov, m4v), ``"matroska"`` (mkv, webm) or ``"avi"``. Other
+    data (images, text, playlists, unknown containers) gives None: a server that sniffs before
+    calling FFmpeg never lets FFmpeg guess a demuxer (image2, concat or HLS) for untrusted bytes.
+    """
+    if len(data) >= 8 and data[4:8] in _MP4_BOXES:
+        return "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 @dataclass(frozen=True)
 class VideoProbe:
     """What a video's container says about it, read without decoding a frame.
@@ -95,6 +119,7 @@ class VideoProbe:
             when the container has none).
         fps: average frame rate (0 when unknown).
         codec: the stream's codec name (``"h264"``).
+        container: the demuxer PyAV chose (``"mov,mp4,m4a,3gp,3g2,mj2"``, ``"matroska,webm"``).
     """
 
     width: int
@@ -102,6 +127,17 @@ class VideoProbe:
     num_frames: int
     fps: float
     codec: str
+    container: str = ""
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def sampled_timestamps(self, num_samples: int = DEFAULT_NUM_FRAMES) -> np.ndarray:
+        """(K,) seconds of the frames :func:`read_video` samples, as it computes them (index / fps),
+        when the decoder yields the container's frame count."""
+        fps = self.fps if self.fps > 0 else 1.0
+        return sample_frame_indices(max(self.num_frames, 1), num_samples) / fps
 
     @property
     def duration_s(self) -> float:
@@ -144,6 +180,7 @@ def _probe(container: av.container.InputContainer, name: str) -> VideoProbe:
         num_frames=n,
         fps=float(stream.average_rate) if stream.average_rate else 0.0,
         codec=str(stream.codec_context.name),
+        container=str(container.format.name),
     )
 
 
@@ -159,7 +196,24 @@ def _count_frames(source: str | bytes, name: str) -> int:
             raise VideoDecodeError(f"{name}: cannot read packets ({e})") from e
 
 
-def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frames: int | None):
+def _rgb(frame: av.VideoFrame, resize_to: int | None) -> np.ndarray:
+    """One decoded frame as (H, W, 3) uint8 RGB; with more pixels than ``resize_to`` squared it is
+    squashed to ``resize_to`` x ``resize_to`` in the same swscale pass (area filter), so the
+    full-size RGB frame is never allocated."""
+    if resize_to is not None and frame.width * frame.height > resize_to * resize_to:
+        frame = frame.reformat(width=resize_to, height=resize_to, format="rgb24", interpolation="AREA")
+        return frame.to_ndarray()
+    return frame.to_ndarray(format="rgb24")
+
+
+def _decode_selected(
+    source: str | bytes,
+    name: str,
+    wanted: set[int],
+    max_frames: int | None,
+    resize_to: int | None = None,
+    max_pixels: int | None = None,
+):
     """Decodes the whole stream once; returns ({index: (H, W, 3) uint8}, decoded count, fps)."""
     kept: dict[int, np.ndarray] = {}
     count = 0
@@ -170,8 +224,12 @@ def _decode_selected(source: str | bytes, name: str, wanted: set[int], max_frame
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         try:
             for frame in container.decode(stream):
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    raise VideoTooLargeError(
+                        f"{name}: frame {count} is {frame.width}x{frame.height}, more than the limit of {max_pixels} pixels"
+                    )
                 if count in wanted:
-                    kept[count] = frame.to_ndarray(format="rgb24")
+                    kept[count] = _rgb(frame, resize_to)
                 count += 1
                 if max_frames is not None and count > max_frames:
                     raise VideoTooLongError(f"{name}: more than {max_frames} frames")
@@ -209,9 +267,16 @@ def iter_frames(source: str | bytes, indices: Iterable[int], name: str | None = 
     raise VideoDecodeError(f"{name}: video ended before frame {wanted[-1]} ({len(wanted) - position} wanted frames missing)")
 
 
-def _decoded(kept: dict[int, np.ndarray], indices: np.ndarray, count: int, fps: float) -> DecodedVideo:
-    """The frames at ``indices`` of decoded ``kept`` frames (a stream without a rate counts 1 fps)."""
+def _decoded(kept: dict[int, np.ndarray], indices: np.ndarray, count: int, fps: float, name: str) -> DecodedVideo:
+    """The frames at ``indices`` of decoded ``kept`` frames (a stream without a rate counts 1 fps).
+
+    Raises:
+        VideoDecodeError: the frames differ in size (a stream whose resolution changes).
+    """
     fps = fps if fps > 0 else 1.0
+    sizes = {kept[i].shape for i in indices.tolist()}
+    if len(sizes) > 1:
+        raise VideoDecodeError(f"{name}: the frame size changes within the video ({sorted(sizes)[:2]})")
     return DecodedVideo(
         frames=np.stack([kept[i] for i in indices.tolist()]),  # (T, H, W, 3)
         frame_indices=indices,
@@ -226,6 +291,8 @@ def read_video(
     num_samples: int = DEFAULT_NUM_FRAMES,
     max_frames: int | None = None,
     name: str | None = None,
+    resize_to: int | None = None,
+    max_pixels: int | None = None,
 ) -> DecodedVideo:
     """Decodes a video and returns its uniformly sampled frames.
 
@@ -238,10 +305,17 @@ def read_video(
         num_samples: K frames to sample.
         max_frames: refuse videos with more frames than this (serving limits).
         name: how errors name the video (defaults to the URI).
+        resize_to: frames with more pixels than ``resize_to`` squared are squash-resized to
+            ``resize_to`` x ``resize_to`` while decoding (the encoders squash frames to squares
+            anyway), so memory after decoding does not grow with the video's resolution; smaller
+            frames are kept as decoded. None keeps every frame at its size.
+        max_pixels: refuse a video as soon as a decoded frame has more pixels than this (the
+            container's header may announce a smaller size than the stream holds).
 
     Raises:
         VideoDecodeError: unreadable or empty video.
         VideoTooLongError: more than ``max_frames`` frames (a ``VideoDecodeError``).
+        VideoTooLargeError: a frame of more than ``max_pixels`` pixels (a ``VideoDecodeError``).
     """
     name = name or (source if isinstance(source, str) else "<video bytes>")
     if isinstance(source, str) and storage.is_remote(source):
@@ -252,13 +326,13 @@ def read_video(
     if packets == 0:
         raise VideoDecodeError(f"{name}: no decodable frames")
     indices = sample_frame_indices(packets, num_samples)
-    kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames)
+    kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames, resize_to, max_pixels)
     if count == 0:
         raise VideoDecodeError(f"{name}: no decodable frames")
     if count != packets:
         indices = sample_frame_indices(count, num_samples)
-        kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames)
-    return _decoded(kept, indices, count, fps)
+        kept, count, fps = _decode_selected(source, name, set(indices.tolist()), max_frames, resize_to, max_pixels)
+    return _decoded(kept, indices, count, fps, name)
 
 
 def count_frames(source: str | bytes, name: str | None = None) -> int:
@@ -292,7 +366,7 @@ def read_frames(source: str | bytes, frame_indices: Sequence[int], name: str | N
     outside = sorted(set(indices.tolist()) - set(kept))
     if outside:
         raise VideoDecodeError(f"{name}: frames {outside} are outside the video ({count} frames)")
-    return _decoded(kept, indices, count, fps)
+    return _decoded(kept, indices, count, fps, name)
 
 
 def jpeg_thumbnail(frame: np.ndarray, max_side: int = 160, quality: int = 80) -> bytes:

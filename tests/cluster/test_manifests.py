@@ -293,14 +293,15 @@ def test_rayjobs_read_and_write_the_bucket_only(jobs):
 
 
 def test_each_rayjob_reads_what_the_previous_one_wrote(jobs):
+    from datagen.dataset import split_uri
     from vlm3r_core.precompute import encoder_info, model_config
     from vlm3r_core.tokens import token_dir
 
     qa, pre, train, evaluate = (jobs[f"jobs/{n}.py"] for n in ("generate_qa", "precompute_tokens", "train", "evaluate"))
     assert pre.scenes == qa.scenes, "tokens are computed for the scenes the QA was generated from"
-    # generate_qa writes <out>/qa/conversations/{split}.jsonl and <out>/qa/benchmark/{split}.parquet
-    assert train.qa_uri == f"{qa.out}/qa/conversations/train.jsonl"
-    assert evaluate.benchmark == f"{qa.out}/qa/benchmark/val.parquet"
+    # generate_qa writes the shards of each split under <out>/qa/conversations/<split>/ and <out>/qa/benchmark/<split>/
+    assert train.qa_uri == split_uri(qa.out, "conversations", "train")
+    assert evaluate.benchmark == split_uri(qa.out, "benchmark", "val")
     tokens = token_dir(pre.out, encoder_info(model_config(pre.preset, pre.checkpoint, pre.size, pre.num_frames),
                                              pre.with_vision_features, pre.dtype))
     assert train.tokens_uri == tokens and evaluate.tokens == tokens, f"precompute writes {tokens}"

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from datagen.qa import QAConfig, generate_scene_rows, process_scene, write_outputs
+from datagen.dataset import write_outputs
+from datagen.qa import QAConfig, generate_scene_rows, process_scene
 from datagen.routing.builtin import FloorPlan
 from datagen.scene_graph import SceneGraph
 from datagen.tasks import route_planning as rp
@@ -194,7 +195,8 @@ def test_job_flag_cache_key_and_manifest(tmp_path):
         write_outputs(out, config, scenes, [])
         manifest = storage.read_json(f"{out}/qa/manifest.json")
         assert manifest["vocabulary"] == vocabulary
-        assert asked in storage.read_text(f"{out}/qa/benchmark/train.jsonl")
+        questions = storage.read_parquet(f"{out}/qa/benchmark/train").column("question").to_pylist()
+        assert any(asked in q for q in questions)
     assert manifest["vocabulary_names"]["scannet"]["recycling bin"] == "trash bin"
     assert "office chair" not in manifest["vocabulary_names"]["scannet"]
     assert manifest["vocabulary_names"]["synthetic"] is None

@@ -4,12 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from jobs.evaluate import main
 from vlm3r_core import storage
 from vlm3r_core.inference import AnswerQuestions
+from vlm3r_core.presets import get_preset
 from vlm3r_core.tokens import EncoderInfo, VideoTokens, write_token_shard
 from vlm3r_core.video import read_video, write_video
+from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
 def _benchmark(tmp_path, rows):
@@ -110,3 +113,50 @@ def test_a_question_the_model_cannot_take_fails_alone_in_its_batch(video):
     results = answerer.answer([rows[0], poisoned, rows[1]])
     assert results[0] == alone[0] and results[2] == alone[1]
     assert results[1][0] is None and "ValueError" in results[1][1]
+
+
+def _token_shards(answerer: AnswerQuestions, video: str, shards: str) -> None:
+    """The video's features from ``answerer``'s model (any dtype), stored as float32 token shards."""
+    cfg = answerer.model.config
+    decoded = read_video(video, num_samples=cfg.num_frames)
+    feats = answerer.model.encode_frames(answerer.processor.preprocess_frames([decoded.frames]))
+    tokens = VideoTokens(
+        video_id="synthetic/syn-0", frame_indices=decoded.frame_indices, timestamps=decoded.timestamps,
+        duration_s=decoded.duration_s, camera_tokens=feats.camera_tokens[0].float().numpy(),
+        patch_tokens=feats.patch_tokens[0].float().numpy(), vision_features=feats.vision_features[0].float().numpy(),
+    )  # fmt: skip
+    encoder = EncoderInfo(preset="tiny", checkpoint="", image_size=cfg.cut3r_image_size, num_frames=cfg.num_frames,
+                          vision_image_size=cfg.siglip_image_size, dtype="float32")  # fmt: skip
+    write_token_shard(shards + "/part-0.parquet", [tokens], encoder)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_every_dtype_answers_from_raw_video_and_from_token_shards(tmp_path, video, dtype):
+    rows = [dict(r, video_id=f"{r['dataset']}/{r['scene_name']}") for r in _rows(video)[:2]]
+    raw = AnswerQuestions("tiny", dtype=dtype)
+    assert raw.model.config.dtype == dtype and next(raw.model.parameters()).dtype == getattr(torch, dtype)
+    shards = str(tmp_path / "tokens")
+    _token_shards(raw, video, shards)
+    from_video = raw.answer(rows)
+    from_tokens = AnswerQuestions("tiny", tokens=shards, dtype=dtype).answer(rows)
+    assert all(isinstance(p, str) and e is None for p, e in from_video)
+    assert from_tokens == from_video
+
+
+def test_a_bf16_model_folder_evaluates_from_raw_video_and_its_model_card_gets_the_results(ray_local, tmp_path, video):
+    config = get_preset("tiny", dtype="bfloat16", num_frames=8)
+    model_dir = str(tmp_path / "model")
+    Vlm3rForConditionalGeneration.from_config(config).save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
+    out = str(tmp_path / "eval")
+    argv = ["--model", model_dir, "--benchmark", _benchmark(tmp_path, _rows(video)[:2]), "--out", out, "--title", "bf16"]
+    assert main(argv) == 0
+    predictions = storage.read_jsonl(out + "/predictions.jsonl")
+    rows = [dict(r, video_id=f"{r['dataset']}/{r['scene_name']}") for r in _rows(video)[:2]]
+    assert [p["prediction"] for p in predictions] == [p for p, _ in AnswerQuestions(model_dir).answer(rows)]
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "### bf16" in card and "| object_counting | 1 |" in card and "model-index" in card
+    assert json.loads((tmp_path / "model" / "evaluations.json").read_text())[0]["out"] == out
+    # Blind: the same model without the video; its answers are kept apart in the ledger.
+    assert main([*argv[:-2], "--blind", "--title", "bf16 blind", "--out", out]) == 0
+    assert {a["model"] for a in storage.read_jsonl(out + "/answers.jsonl")} == {f"{model_dir} [blind]"}
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["run"]["blind"] is True

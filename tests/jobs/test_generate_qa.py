@@ -1,4 +1,5 @@
-"""jobs/generate_qa.py end to end on local Ray: local folders and moto's S3, failures, resume, determinism."""
+"""jobs/generate_qa.py end to end on local Ray: local folders and moto's S3, failures, resume, determinism,
+sharded output read by training, evaluation and Hugging Face ``datasets``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datagen.qa import process_scene, write_outputs
+from datagen.dataset import write_outputs
+from datagen.qa import DatasetConfig, process_scene
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
 from jobs.generate_qa import main, parse_args
 from tests.datagen.scene_builder import random_scene, write_scene_with_video
@@ -26,15 +28,16 @@ def _write_synthetic_scenes(root: str) -> None:
     storage.write_json(storage.join(broken, "scene.json"), {"scene_id": "syn-broken", "dataset": "synthetic"})
 
 
-def _outputs(out: str) -> dict[str, str]:
+def _outputs(out: str) -> dict[str, bytes]:
+    """Every file of the data set (shards, manifest, card), by path under ``qa/``."""
     qa = storage.join(out, "qa")
-    names = [
-        "benchmark/train.jsonl",
-        "benchmark/val.jsonl",
-        "conversations/train.jsonl",
-        "conversations/val.jsonl",
-    ]
-    return {n: storage.read_text(storage.join(qa, n)) for n in names}
+    files = [f for kind in ("benchmark", "conversations") for f in storage.list_files(storage.join(qa, kind))]
+    files += [storage.join(qa, "manifest.json"), storage.join(qa, "README.md")]
+    return {f[len(qa) + 1 :]: storage.read_bytes(f) for f in files}
+
+
+def _rows(out: str, kind: str, split: str) -> list[dict]:
+    return storage.read_parquet(f"{out}/qa/{kind}/{split}").to_pylist()
 
 
 def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_count(
@@ -43,14 +46,21 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     root = str(tmp_path / "data")
     _write_synthetic_scenes(root)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    common = ["--scenes", root, "--per-scene-cap", "3", "route_planning=1", "--seed", "5"]
+    common = ["--scenes", root, "--per-scene-cap", "3", "route_planning=1", "--seed", "5", "--scenes-per-shard", "2"]
     assert main([*common, "--out", two, "--concurrency", "2", "--num-cpus-per-scene", "0.25"]) == 0
     # One worker: the same library calls in this process, one scene after the other.
     config = parse_args([*common, "--out", one]).qa
     scenes = list_scenes(root)
     results = [process_scene(s, one, config) for s in scenes]
-    write_outputs(one, config, scenes, [r for r in results if r.error])
+    write_outputs(one, config, scenes, [r for r in results if r.error], DatasetConfig(scenes_per_shard=2))
     assert _outputs(one) == _outputs(two)
+    # Two groups of two scenes (syn-0, syn-1 | syn-2); a group writes one file per split it has.
+    assert sorted(p for p in _outputs(one) if p.endswith(".parquet")) == [
+        "benchmark/train/part-00000.parquet",
+        "benchmark/val/part-00001.parquet",
+        "conversations/train/part-00000.parquet",
+        "conversations/val/part-00001.parquet",
+    ]
 
     manifest = storage.read_json(f"{one}/qa/manifest.json")
     assert (
@@ -61,16 +71,17 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     assert (
         set(manifest["counts"]) == {"train", "val"} and manifest["counts"]["val"]["room_size_estimation"] == 1
     )
+    assert manifest["num_shards"] == 4 and sum(s["rows"] for s in manifest["shards"]) == 2 * manifest["num_rows"]
     errors = storage.read_jsonl(f"{two}/qa/errors.jsonl")  # the job's ledger
     assert (
         len(errors) == 1
         and errors[0]["scene"].endswith("syn-broken")
         and "SceneValidationError" in errors[0]["error"]
     )
-    rows = storage.read_jsonl(f"{one}/qa/benchmark/train.jsonl")
+    rows = _rows(one, "benchmark", "train")
     assert {r["scene_name"] for r in rows} == {"syn-0", "syn-1"} and all(r["seed"] == 5 for r in rows)
     assert all(r["video"].endswith(f"scenes/synthetic/{r['scene_name']}/video.mp4") for r in rows)
-    table = storage.read_parquet(f"{one}/qa/benchmark/train.parquet")
+    table = storage.read_parquet(f"{one}/qa/benchmark/train/part-00000.parquet")
     assert table.column_names[:7] == [
         "id",
         "dataset",
@@ -82,11 +93,12 @@ def test_local_run_records_failures_resumes_and_is_identical_for_any_worker_coun
     ]
     assert table.num_rows == len(rows)
 
-    # Training and evaluation read these files as they are.
-    examples = read_training_examples(f"{one}/qa/conversations")
-    assert len(examples) == len(rows) + len(storage.read_jsonl(f"{one}/qa/benchmark/val.jsonl"))
-    assert {e.video_id for e in examples} == {"synthetic/syn-0", "synthetic/syn-1", "synthetic/syn-2"}
-    assert len(read_benchmark(f"{one}/qa/benchmark/train.parquet")) == len(rows)
+    # Training and evaluation read the split folders as they are.
+    examples = read_training_examples(f"{one}/qa/conversations/train")
+    assert [e.id for e in examples] == [r["id"] for r in rows]
+    assert {e.video_id for e in examples} == {"synthetic/syn-0", "synthetic/syn-1"}
+    assert len(read_training_examples(f"{one}/qa/conversations")) == manifest["num_rows"]
+    assert [r.id for r in read_benchmark(f"{one}/qa/benchmark/val")] == [r["id"] for r in _rows(one, "benchmark", "val")]
 
     # Re-running resumes: the three good scenes come from the cache, the broken one is retried.
     capsys.readouterr()
@@ -123,10 +135,10 @@ def test_runs_against_s3(ray_local, moto_s3):
         )
         == 0
     )
-    rows = storage.read_jsonl(f"{root}/qa/benchmark/train.jsonl")
+    rows = _rows(root, "benchmark", "train")
     assert rows and {r["question_type"] for r in rows} <= {"object_counting", "camera_displacement"}
     assert all(r["video"].startswith(f"{root}/scenes/synthetic/") for r in rows)
-    conv = storage.read_jsonl(f"{root}/qa/conversations/val.jsonl")
+    conv = _rows(root, "conversations", "val")
     assert conv and conv[0]["conversations"][0]["value"].startswith("<image>\n")
     assert storage.read_json(f"{root}/qa/manifest.json")["tasks"] == [
         "object_counting",
@@ -142,6 +154,11 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['nonsense'\]"):
         parse_args(["--scenes", "s", "--out", "o", "--tasks", "nonsense"])
     assert dataclasses.replace(cfg.qa, seed=1).fingerprint() != cfg.qa.fingerprint()
+    cfg = parse_args(["--scenes", "s", "--out", "o", "--scenes-per-shard", "64", "--debias", "--debias-tolerance", "0.02"])
+    assert (cfg.dataset.scenes_per_shard, cfg.dataset.debias, cfg.dataset.debias_tolerance) == (64, True, 0.02)
+    assert not parse_args(["--scenes", "s", "--out", "o"]).dataset.debias
+    with pytest.raises(ValueError, match="--scenes-per-shard must be >= 1, got 0"):
+        parse_args(["--scenes", "s", "--out", "o", "--scenes-per-shard", "0"])
 
 
 def test_no_scenes_is_an_error(tmp_path, capsys):
@@ -161,5 +178,5 @@ def test_a_video_shorter_than_its_scene_is_a_recorded_failure(ray_local, tmp_pat
     assert main(["--scenes", root, "--out", out]) == 0
     (error,) = storage.read_jsonl(f"{out}/qa/errors.jsonl")
     assert error["scene"] == folder and "5 frames, scene.json says 40" in error["error"]
-    rows = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
+    rows = _rows(out, "benchmark", "train")
     assert rows and {r["scene_name"] for r in rows} == {"ok"}

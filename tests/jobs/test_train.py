@@ -99,6 +99,9 @@ def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_
     model = Vlm3rForConditionalGeneration.from_pretrained(f"{out}/model")
     fresh = Vlm3rForConditionalGeneration.from_config(get_preset("tiny"))
     assert not torch.equal(model.projector.linear_1.weight, fresh.projector.linear_1.weight)
+    card = storage.read_text(f"{out}/model/README.md")  # the model card: data, steps, batch, hardware, wall time
+    assert "| steps | 8 of 8 |" in card and "| batch | 8 = 2 workers x 2 x 2 accumulation |" in card
+    assert "96 used, 1 without tokens" in card and "6 videos" in card and "| hardware | 2 x 0.5 CPU |" in card
 
     # A second run with the same name continues from the last checkpoint.
     assert train.main([*args, "--max-steps", "12"]) == 0

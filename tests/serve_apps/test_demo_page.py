@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import requests
 
-from datagen.qa import QAConfig, assign_letters, generate_scene_rows
+from datagen.qa import BENCHMARK_SCHEMA, QAConfig, assign_letters, generate_scene_rows
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
 from serve_apps.ports import free_loopback_port
 from tests.browser import non_background_pixels, requires_chromium, save_screenshots, start_chromium
@@ -55,7 +56,8 @@ def demo(ray_local, tmp_path_factory):
     scene = write_synthetic_scene(str(root), "syn-000000", 0, SyntheticConfig(width=160, height=120, fps=8, duration_s=3), "val")
     video = scene.video_uri(scene_dir(str(root), "synthetic", "syn-000000"))
     qa = QAConfig(tasks=("object_counting", "object_rel_distance", "room_size_estimation"), default_cap=2, route_planner="builtin")
-    storage.write_jsonl(str(root / "qa" / "benchmark" / "val.jsonl"), assign_letters(generate_scene_rows(scene, video, qa), 0))
+    rows = assign_letters(generate_scene_rows(scene, video, qa), 0)
+    storage.write_parquet(str(root / "qa" / "benchmark" / "val" / "part-00000.parquet"), pa.Table.from_pylist(rows, schema=BENCHMARK_SCHEMA))
     config = get_preset("tiny", num_frames=8)
     model_dir = str(root / "model")
     Vlm3rForConditionalGeneration.from_config(config).save_pretrained(model_dir, Vlm3rProcessor.from_config(config))

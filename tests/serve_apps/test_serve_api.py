@@ -144,9 +144,13 @@ def test_uri_allow_list():
         "s3://bucket/videos-evil/b.mp4",
         "s3://bucket/videos/../secret.mp4",
         "/etc/passwd",
+        "s3://bucket/videos/a.mp4::http://169.254.169.254/",  # fsspec chaining
+        "simplecache::s3://bucket/videos/a.mp4",
+        "s3://bucket/videos/a.mp4\n",
+        "s3://bucket/videos\\..\\b.mp4",
     ):
         e = _error(check_uri_allowed, uri, allowed, "p")
-        assert (e.status, e.code) == (403, "uri_not_allowed") and uri in e.message
+        assert (e.status, e.code, e.param) == (403, "uri_not_allowed", "p") and repr(uri)[1:-1] in e.message
     e = _error(check_uri_allowed, "s3://bucket/videos/a.mp4", (), "p")
     assert e.status == 403 and "base64 data URL" in e.message
 
@@ -247,3 +251,187 @@ def test_config_yaml_is_a_valid_serve_config(path):
         for name in ("GeometryEncoder", "LanguageModel"):
             assert deployments[name].ray_actor_options.num_gpus >= 0.5, f"{path.name}: {name} needs a GPU"
             assert deployments[name].autoscaling_config["max_replicas"] >= 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile input, strict types, limits (the same checks run live in test_hostile_clients.py)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"model": "vlm3r", "max_tokens": ' + b"9" * 5000 + b"}", "digits"),
+        (b'{"model": "\xff\xfe"}', "not valid JSON"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_hostile_json_is_a_400(body, words):
+    e = _error(parse_chat_request, body)
+    assert (e.status, e.code) == (400, "invalid_json") and words in e.message and len(e.message) < 300
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_tokens": 10.0}, "max_tokens"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"n": "1"}, "n"),
+        ({"stream_options": {"include_usage": "true"}}, "stream_options.include_usage"),
+    ],
+)
+def test_types_are_strict(extra, param):
+    e = _error(parse_chat_request, _chat([_video_part()], **extra))
+    assert (e.status, e.code, e.param) == (400, "invalid_value", param)
+
+
+def test_message_and_part_counts_are_checked_before_validation():
+    import json
+
+    many = json.dumps({"model": "vlm3r", "messages": [{}] * 50}).encode()
+    e = _error(parse_chat_request, many, 16, 16)
+    assert (e.status, e.code, e.param) == (400, "too_many_messages", "messages") and "50 messages" in e.message
+    e = _error(parse_chat_request, _chat([_video_part()] * 9), 16, 8)
+    assert (e.code, e.param) == ("too_many_content_parts", "messages[0].content")
+    assert parse_chat_request(_chat([_video_part()] * 8), 16, 8).messages[0].content[7].type == "video_url"
+
+
+def test_huge_values_are_not_echoed_back_whole():
+    chat = parse_chat_request(b'{"model": "vlm3r", "messages": [{"role": "user"}], "max_tokens": ' + b"7" * 4000 + b"}")
+    e = _error(requested_max_tokens, chat, 16, 64)
+    assert e.param == "max_tokens" and "(4000 chars)" in e.message and len(e.message) < 200
+
+
+def test_data_urls_are_size_checked_before_decoding():
+    payload = base64.b64encode(b"v" * 3000).decode()
+    url = "data:video/mp4;base64," + payload
+    assert len(decode_data_url(url, "p", 3000)) == 3000  # at the limit
+    e = _error(decode_data_url, "data:video/mp4;base64," + base64.b64encode(b"v" * 3001).decode(), "p", 3000)
+    assert (e.status, e.code, e.param) == (413, "video_too_large", "p") and "limit of 3000" in e.message
+    e = _error(decode_data_url, "data:video/mp4;base64," + "A" * 4_000_000, "p", 3000)  # refused undecoded
+    assert e.status == 413
+
+
+def test_retry_after_header_on_429_and_503():
+    for status in (429, 503):
+        response = ApiError(status, "busy", "overloaded", retry_after=0.2).response()
+        assert response.status_code == status and response.headers["retry-after"] == "1"
+    assert "retry-after" not in ApiError(400, "bad", "invalid_value").response().headers
+
+
+def test_headers_and_the_body_budget():
+    from serve_apps.admission import BodyBudget, check_headers
+
+    check_headers([(b"host", b"x" * 96)], 100)
+    e = _error(check_headers, [(b"host", b"x" * 97)], 100)
+    assert (e.status, e.code) == (431, "headers_too_large") and "101 bytes" in e.message
+    budget = BodyBudget(100, retry_after_s=2)
+    held = budget.reserve(60)
+    e = _error(budget.reserve, 41)
+    assert (e.status, e.code, e.retry_after) == (503, "overloaded", 2) and "limit of 100" in e.message
+    budget.release(held)
+    assert budget.reserve(100) == 100 and budget.held == 100
+
+
+@pytest.fixture(scope="module")
+def admission():
+    from serve_apps.admission import Admission
+    from vlm3r_core.inference import load_processor
+
+    limits = dict(max_question_tokens=20, max_options=3, max_video_pixels=64 * 48, max_video_frames=30,
+                  max_video_duration_s=5.0, video_codecs=("h264",))
+    return Admission(Vlm3rArgs(**limits), load_processor("tiny"))
+
+
+def _query(text: str, video: bytes = b""):
+    from serve_apps.openai_protocol import Query, VideoSource, split_options
+
+    question, options = split_options(text)
+    return Query(question, options, VideoSource(param="p", data=video))
+
+
+def test_admission_counts_question_tokens_with_the_models_tokenizer(admission):
+    tokenizer = admission.processor.tokenizer
+    at_limit = "How many chairs are in this room?" + " chair" * 11
+    assert len(tokenizer.encode(at_limit, add_special_tokens=False)) == 20
+    assert admission.check_text(_query(at_limit)) == 20
+    e = _error(admission.check_text, _query(at_limit + " chair"))
+    assert (e.status, e.code, e.param) == (400, "question_too_long", "messages[0].content") and "21 tokens" in e.message
+    e = _error(admission.check_text, _query("x" * 5_000_000))  # only a bounded prefix is tokenized
+    assert "more than 20 tokens (5000000 characters)" in e.message
+    e = _error(admission.check_text, _query("Which?\nOptions:\nA. a\nB. b\nC. c\nD. d"))
+    assert (e.code, e.param) == ("too_many_options", "messages[0].content") and "4 options" in e.message
+    for token in ("<image>", "<|im_end|>", "<|endoftext|>"):
+        e = _error(admission.check_text, _query(f"How {token} many?"))
+        assert e.code == "invalid_value" and token in e.message
+
+
+def test_admission_reads_the_container_not_the_frames(admission, tmp_path):
+    import numpy as np
+
+    from vlm3r_core.video import write_video
+
+    def video(w, h, n, fps=8) -> bytes:
+        write_video(str(tmp_path / "v.mp4"), np.zeros((n, h, w, 3), np.uint8), fps=fps)
+        return (tmp_path / "v.mp4").read_bytes()
+
+    probe = admission.check_video(video(64, 48, 30), "p")
+    assert (probe.width, probe.height, probe.num_frames) == (64, 48, 30)
+    cases = [
+        (video(66, 48, 4), 413, "video_resolution_too_large", "66x48 = 3168 pixels"),
+        (video(64, 48, 31), 413, "video_too_long", "31 frames"),
+        (video(64, 48, 12, fps=2), 413, "video_too_long", "6.0 s long"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 100, 415, "unsupported_media_type", "PNG image"),
+        (video(64, 48, 4)[:300], 422, "undecodable_video", "cannot open"),
+    ]
+    for data, status, code, words in cases:
+        e = _error(admission.check_video, data, "p")
+        assert (e.status, e.code, e.param) == (status, code, "p") and words in e.message, e.message
+    probe = admission.check_video(video(64, 48, 8), "p")
+    prompt = admission.check_prompt(_query("How many chairs?"), probe, 16)
+    room = admission.context_tokens - prompt
+    assert admission.check_prompt(_query("How many chairs?"), probe, room) == prompt
+    e = _error(admission.check_prompt, _query("How many chairs?"), probe, room + 1)
+    assert (e.status, e.code) == (400, "context_length_exceeded") and f"the prompt is {prompt}" in e.message
+
+
+def test_run_isolated_keeps_a_failure_with_its_item():
+    from serve_apps.deployments import run_isolated
+
+    def inverses(xs: list[float]) -> list[float]:
+        return [1 / x for x in xs]
+
+    assert run_isolated(inverses, [1.0, 2.0]) == ([1.0, 0.5], False)
+    results, alone = run_isolated(inverses, [1.0, 0.0, 4.0])
+    assert alone and results[0] == 1.0 and results[2] == 0.25 and isinstance(results[1], ZeroDivisionError)
+    results, alone = run_isolated(inverses, [0.0])
+    assert not alone and isinstance(results[0], ZeroDivisionError)
+
+
+def test_every_setting_passes_as_a_key_value_string():
+    """``serve run serve_apps.app:build_app key=value ...`` hands every value over as a string
+    (the CLI's own parsing, then Serve's typed builder call)."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve.scripts import convert_args_to_dict
+
+    values = {
+        "model": "/models/x",
+        "served_model_name": "m",
+        "api_keys": "k1,k2",
+        "allowed_uri_prefixes": "s3://a/videos/, s3://b/",
+        "video_codecs": "h264",
+    }
+    for name, info in Vlm3rArgs.model_fields.items():
+        if name not in values:
+            values[name] = str(info.default)
+    cli = convert_args_to_dict(tuple(f"{name}={value}" for name, value in values.items()))
+    built = call_user_app_builder_with_args_if_necessary(build_app, cli)
+    args = built._bound_deployment.init_args[0]
+    assert args.api_keys == ("k1", "k2") and args.allowed_uri_prefixes == ("s3://a/videos/", "s3://b/")
+    assert args.video_codecs == ("h264",) and args.max_video_pixels == 2560 * 1440
+    assert args.model_dump() == {**Vlm3rArgs().model_dump(), **{k: getattr(args, k) for k in ("model", "served_model_name", "api_keys", "allowed_uri_prefixes", "video_codecs")}}
+    assert Vlm3rArgs(api_keys="").api_keys == ()
+    with pytest.raises(pydantic.ValidationError, match="max_inflight_body_bytes"):
+        Vlm3rArgs(max_body_bytes=100, max_inflight_body_bytes=99)

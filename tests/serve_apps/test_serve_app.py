@@ -133,6 +133,7 @@ def _local_answer(model_dir: str, video: bytes, question: str, max_new_tokens: i
         attention_mask=batch.attention_mask,
         features=features,
         max_new_tokens=max_new_tokens,
+        vocab_size=processor.vocab_size,  # generation never picks the LM head's padding rows
     )
     return processor.batch_decode(ids)[0]
 
@@ -267,15 +268,22 @@ def _bad_requests(service: Service) -> list[tuple[str, bytes, int, str, str]]:
             "image/png",
         ),
         (
-            "undecodable video",
+            "not a video container",
             chat(url=_data_url(b"\x00\x01not a video" * 50)),
+            415,
+            "unsupported_media_type",
+            "video_url.url:",
+        ),
+        (
+            "undecodable video",
+            chat(url=_data_url(ok[: len(ok) // 2])),
             422,
             "undecodable_video",
             "video_url.url:",
         ),
         (
             "undecodable video, streaming",
-            chat(url=_data_url(b"\x00\x01not a video" * 50), stream=True),
+            chat(url=_data_url(ok[: len(ok) // 2]), stream=True),
             422,
             "undecodable_video",
             "video_url.url:",

@@ -68,3 +68,33 @@ def test_echoing_the_ground_truth_scores_100_and_a_known_wrong_answer_scores_as_
         "object_rel_direction_hard.png", "overview_vsibench.png", "predictions.jsonl", "report.html", "summary.json", "summary.md",
     ]
     assert "| **overall** |" in (tmp_path / "wrong" / "summary.md").read_text()
+
+
+def test_vsibench_debiased_is_reported_beside_the_full_set_with_the_chance_levels(tmp_path):
+    # VSI-Bench-Debiased: the full test set plus pruned_ids.txt (ids that Iterative Bias Pruning removed).
+    storage.write_jsonl(str(tmp_path / "test.jsonl"), ROWS)
+    (tmp_path / "pruned_ids.txt").write_text("0\n3\n")
+    rows = read_benchmark(str(tmp_path / "test.jsonl"), pruned_ids=str(tmp_path / "pruned_ids.txt"))
+    assert [r.pruned for r in rows] == [True, False, False, True]
+    answers = {"0": "4", "1": "2.4", "2": " B", "3": "A"}  # " B" is stripped first, as lmms-eval does
+    out = str(tmp_path / "eval")
+    summary = write_report(out, score_predictions(rows, answers), title="debiased")
+    assert summary["vsibench"].overall_official == pytest.approx((100 + 70 + 50) / 3)
+    debiased = summary["vsibench-debiased"]  # only questions 1 and 2
+    assert set(debiased.tasks) == {"object_abs_distance", "object_rel_direction"}
+    assert debiased.overall_official == pytest.approx((70 + 100) / 2)
+    written = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert set(written["benchmarks"]) == {"vsibench", "vsibench-debiased"}
+    chance = written["chance_levels"]["vsibench"]["chance"]
+    assert chance["tasks"]["object_rel_direction"] == pytest.approx(100 * (1 / 2 + 1 / 4) / 2)
+    assert chance["tasks"]["object_counting"] is None and chance["overall"] is None
+    assert written["chance_levels"]["vsibench-debiased"]["frequency"]["tasks"]["object_abs_distance"] == 100.0
+    table = (tmp_path / "eval" / "summary.md").read_text()
+    assert "### vsibench-debiased" in table and "| chance | frequency |" in table
+    assert (tmp_path / "eval" / "plots" / "overview_vsibench-debiased.png").stat().st_size > 1000
+
+    # The released debiased/pruned parquet files carry the flag as a column instead.
+    storage.write_parquet(str(tmp_path / "flagged.parquet"),
+                          pa.Table.from_pylist([dict(r, pruned=r["id"] in (0, 3)) for r in ROWS]))  # fmt: skip
+    assert [r.pruned for r in read_benchmark(str(tmp_path / "flagged.parquet"))] == [True, False, False, True]
+    assert {r.pruned for r in read_benchmark(str(tmp_path / "test.jsonl"))} == {None}

@@ -5,6 +5,7 @@ import pytest
 from vlm3r_core.metrics import (
     ScoredRow,
     benchmark_of,
+    chance_levels,
     lenient_parse_choice,
     lenient_parse_number,
     mean_relative_accuracy,
@@ -18,7 +19,8 @@ from vlm3r_core.metrics import (
 
 @pytest.mark.parametrize(
     "text, parsed",
-    [("A. left", "A"), ("A.", "A"), ("3.5 meters", "3.5"), ("The answer is A", "The"), ("about 3.5", "about"), ("\n4\n", "4")],
+    [("A. left", "A"), ("A.", "A"), ("3.5 meters", "3.5"), ("The answer is A", "The"), ("about 3.5", "about"),
+     ("\n4\n", "4"), (" A", "A"), (" 2.9", "2.9"), ("C.\n", "C"), ("\t B. lamp", "B"), ("", "")],
 )
 def test_official_parse_takes_first_token(text, parsed):
     assert official_parse(text) == parsed
@@ -127,3 +129,54 @@ def test_extended_question_types_are_their_own_benchmark_and_leave_vsi_and_vsti_
     assert score_official("object_camera_clock", "3", "B", mc_answer="B") == 0.0
     assert benchmark_of("route_planning") == "vsibench" and benchmark_of("route_planning_one_turn") == "vlm3r-ext"
     assert benchmark_of("object_camera_direction") == "vlm3r-ext" and benchmark_of("camera_displacement") == "vstibench"
+
+
+def test_answers_are_stripped_before_the_official_parse_as_lmms_eval_does():
+    # lmms-eval's Task.process_results strips the answer before the task's scorer sees it.
+    assert score_official("object_rel_distance", " A", "A") == 1.0
+    assert score_official("object_rel_distance", "C.\n", "C") == 1.0
+    assert score_official("object_abs_distance", " 2.9", "2.9") == 1.0
+    assert score_official("object_counting", "\n 3 chairs", "3") == 1.0
+
+
+def test_edge_cases_ground_truth_zero_and_missing_mc_answer():
+    # The official task divides by the ground truth and would raise; we score 0 whatever the answer.
+    assert score_official("camera_displacement", "0", "0") == 0.0
+    assert score_official("camera_displacement", "0.3", "0.0") == 0.0
+    # No mc_answer: the letter is compared with ground_truth (VSI-Bench rows hold the letter there) ...
+    assert score_official("object_rel_distance", "B", "B", mc_answer=None) == 1.0
+    # ... so a row whose ground_truth is the option text can only score 0 officially; lenient reads the text.
+    assert score_official("object_rel_distance", "B", "table", mc_answer=None) == 0.0
+    assert score_lenient("object_rel_distance", "table", "table", None, ["A. chair", "B. table"]) == 0.0
+    assert score_lenient("object_rel_distance", "table", "B", None, ["A. chair", "B. table"]) == 1.0
+
+
+def test_chance_levels_are_the_random_guess_and_the_most_frequent_answer():
+    rows = [
+        # counting: the most frequent ground truth is 2 (3 of 4); 2 for a 4 scores MRA 0.1 (|2-4|/4 = 0.5)
+        ("object_counting", (), "2", None), ("object_counting", (), "2", None),
+        ("object_counting", (), "2", None), ("object_counting", (), "4", None),
+        # relative direction, easy (2 options): "left" is the most frequent answer text, whatever its letter
+        ("object_rel_direction_easy", ("A. left", "B. right"), "A", None),
+        ("object_rel_direction_easy", ("A. right", "B. left"), "B", None),
+        ("object_rel_direction_easy", ("A. right", "B. left"), "A", None),
+        # hard (4 options): no text repeats, so the most frequent letter (C) is the guess
+        ("object_rel_direction_hard", ("A. w", "B. x", "C. y", "D. z"), "C", None),
+        ("object_rel_direction_hard", ("A. p", "B. q", "C. r", "D. s"), "C", None),
+        ("object_rel_direction_hard", ("A. e", "B. f", "C. g", "D. h"), "A", None),
+        # VSTI multiple choice: the answer letter is mc_answer
+        ("camera_movement_direction", ("A. Forward", "B. Left"), "Forward", "A"),
+    ]  # fmt: skip
+    levels = chance_levels(rows)
+    vsi, vsti = levels["vsibench"], levels["vstibench"]
+    assert vsi.frequency["object_counting"] == pytest.approx(100 * (3 + 0.1) / 4)
+    assert vsi.chance["object_counting"] is None and vsi.chance_overall is None  # undefined for numbers
+    easy, hard = 100 * 2 / 3, 100 * 2 / 3
+    assert vsi.frequency["object_rel_direction"] == pytest.approx((easy + hard) / 2)
+    assert vsi.chance["object_rel_direction"] == pytest.approx(100 * (1 / 2 + 1 / 4) / 2)
+    assert vsi.frequency_overall == pytest.approx((100 * 3.1 / 4 + (easy + hard) / 2) / 2)
+    assert vsti.frequency["camera_movement_direction"] == 100.0
+    assert vsti.chance_overall == pytest.approx(50.0)
+    table = summary_markdown(summarize([ScoredRow("object_counting", 1.0, 1.0)]), chance=levels)
+    assert "| task | n | official | lenient | chance | frequency |" in table
+    assert "| object_counting | 1 | 100.0 | 100.0 | - | 77.5 |" in table

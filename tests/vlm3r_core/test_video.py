@@ -69,3 +69,33 @@ def test_reads_the_frames_a_question_names(tmp_path):
     thumbnail = jpeg_thumbnail(video.frames[0], max_side=24)
     assert thumbnail[:2] == b"\xff\xd8"  # a JPEG
     assert Image.open(io.BytesIO(thumbnail)).size == (24, 16)
+
+
+def test_sniffing_knows_video_containers_and_nothing_else(tmp_path):
+    from vlm3r_core.video import sniff_container
+
+    write_video(str(tmp_path / "v.mp4"), np.zeros((4, 16, 16, 3), np.uint8), fps=4)
+    assert sniff_container((tmp_path / "v.mp4").read_bytes()) == "mp4"
+    assert sniff_container(b"\x1a\x45\xdf\xa3" + b"\0" * 20) == "matroska"
+    assert sniff_container(b"RIFF\0\0\0\0AVI LIST") == "avi"
+    for data in (b"\x89PNG\r\n\x1a\n" + b"\0" * 16, b"\xff\xd8\xff\xe0", b"#EXTM3U\n", b"RIFF\0\0\0\0WAVE", b"", b"ftyp"):
+        assert sniff_container(data) is None, data
+
+
+def test_large_frames_are_downsized_while_decoding_and_the_probe_predicts_the_sampling(tmp_path):
+    from vlm3r_core.video import VideoTooLargeError, probe_video
+
+    frames = np.stack([np.full((96, 128, 3), 10 * i, np.uint8) for i in range(9)])
+    uri = str(tmp_path / "big.mp4")
+    write_video(uri, frames, fps=3)
+    full = read_video(uri, num_samples=4)
+    small = read_video(uri, num_samples=4, resize_to=32)  # 128 x 96 > 32 x 32: squashed while decoding
+    assert full.frames.shape == (4, 96, 128, 3) and small.frames.shape == (4, 32, 32, 3)
+    np.testing.assert_allclose(small.frames.reshape(4, -1).mean(1), full.frames.reshape(4, -1).mean(1), atol=2)
+    assert read_video(uri, num_samples=4, resize_to=128).frames.shape == (4, 96, 128, 3)  # smaller: as decoded
+    probe = probe_video(uri)
+    assert (probe.width, probe.height, probe.pixels, probe.codec) == (128, 96, 128 * 96, "h264")
+    assert probe.container.startswith("mov,mp4")
+    np.testing.assert_allclose(probe.sampled_timestamps(4), full.timestamps)
+    with pytest.raises(VideoTooLargeError, match="128x96, more than the limit of 12287 pixels"):
+        read_video(uri, num_samples=4, max_pixels=128 * 96 - 1)

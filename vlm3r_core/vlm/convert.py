@@ -30,7 +30,9 @@ import safetensors.torch
 import torch
 
 from vlm3r_core import storage
+from vlm3r_core.model_card import now, write_provenance
 from vlm3r_core.presets import get_preset
+from vlm3r_core.prompting import PROMPT_FORMS, prompt_form
 from vlm3r_core.vlm.checkpoint import ADAPTER_DIR, CONFIG_FILE, WEIGHTS_FILE, upload_folder
 from vlm3r_core.vlm.config import Vlm3rConfig
 from vlm3r_core.vlm.model import Vlm3rForConditionalGeneration
@@ -72,7 +74,12 @@ def _first_existing(folder: str, names: tuple[str, ...]) -> str:
     raise FileNotFoundError(f"{folder}: none of {names}")
 
 
-def convert_release(lora_dir: str, out: str, config: Vlm3rConfig) -> Vlm3rConfig:
+DEFAULT_PROMPT_FORM = "official-eval"
+
+
+def convert_release(
+    lora_dir: str, out: str, config: Vlm3rConfig, prompt: str = DEFAULT_PROMPT_FORM
+) -> Vlm3rConfig:
     """Writes the released LoRA + non-LoRA weights under ``out`` in ``save_pretrained`` layout.
 
     Args:
@@ -81,6 +88,8 @@ def convert_release(lora_dir: str, out: str, config: Vlm3rConfig) -> Vlm3rConfig
         out: output folder URI.
         config: the model config (``vlm3r-7b`` with base weight references); its LoRA settings
             are replaced by the adapter's.
+        prompt: the prompt form stored with the model (``vlm3r_core.prompting.PROMPT_FORMS``):
+            ``official-eval`` reproduces the official evaluation.
 
     Returns:
         The config written to ``out/config.json``.
@@ -96,6 +105,7 @@ def convert_release(lora_dir: str, out: str, config: Vlm3rConfig) -> Vlm3rConfig
     if adapter_config.get("bias", "none") != "none":
         raise ValueError(f"{lora_dir}: adapters that train biases are not supported")
     config = config.replace(
+        prompt=prompt_form(prompt),
         fusion_variant="reference",
         lora_r=int(adapter_config["r"]),
         lora_alpha=int(adapter_config["lora_alpha"]),
@@ -161,6 +171,7 @@ def convert_release(lora_dir: str, out: str, config: Vlm3rConfig) -> Vlm3rConfig
         storage.join(out, CONFIG_FILE),
         {"format": "vlm3r", "config": config.to_dict(), "stored_components": [], "lora": True},
     )
+    write_provenance(out, {"kind": "converted", "created": now(), "source": lora_dir, "prompt_form": prompt})
     return config
 
 
@@ -175,6 +186,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(
             "--" + ref.replace("_", "-"), dest=ref, default=None, help=f"override the preset's {ref}"
         )
+    parser.add_argument(
+        "--prompt-form", default=DEFAULT_PROMPT_FORM, choices=sorted(PROMPT_FORMS),
+        help="prompt stored with the model: official-eval (the official evaluation, default), "
+        "official-train (the official training's time line), ours",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -185,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("llm_weights", "vision_weights", "cut3r_weights", "tokenizer")
         if getattr(args, k)
     }
-    config = convert_release(args.lora, args.out, get_preset(args.preset, **overrides))
+    config = convert_release(args.lora, args.out, get_preset(args.preset, **overrides), args.prompt_form)
     print(
-        f"converted {args.lora} -> {args.out} (preset {config.name}, LoRA r={config.lora_r} alpha={config.lora_alpha})"
+        f"converted {args.lora} -> {args.out} (preset {config.name}, LoRA r={config.lora_r} alpha={config.lora_alpha}, "
+        f"prompt {args.prompt_form}; model card {args.out}/README.md)"
     )
     return 0
 

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from vlm3r_core import prompting
 from vlm3r_core.fusion import SpatialFusion
@@ -52,6 +59,7 @@ __all__ = [
     "Vlm3rForConditionalGeneration",
     "Vlm3rProjector",
     "siglip_features",
+    "mask_unproducible_logits",
 ]
 
 
@@ -208,6 +216,38 @@ def siglip_features(vision_tower: SiglipVisionModel, pixels: torch.Tensor) -> to
     """
     hidden = vision_tower.embeddings(pixels)  # (n, P, Cv)
     return vision_tower.encoder(inputs_embeds=hidden).last_hidden_state  # (n, P, Cv), penultimate
+def mask_unproducible_logits(
+    logits: torch.Tensor, vocab_size: int | None, suppress_ids: Sequence[int] = ()
+) -> torch.Tensor:
+    """Sets to -inf the logits of ids generation must never pick: the embedding rows past the
+    tokenizer (``vocab_size``; Qwen2 pads its 151,646 tokens to 152,064 rows, the official loader
+    resizes them away) and input-only tokens (the video placeholder).
+
+    Args:
+        logits: (..., V) next-token logits.
+        vocab_size: number of ids the tokenizer has (``len(tokenizer)``); None keeps all V rows.
+        suppress_ids: further ids never generated.
+
+    Returns:
+        (..., V) logits, a new tensor; the allowed ids keep their values bit for bit.
+    """
+    mask = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)  # (V,)
+    if vocab_size is not None:
+        mask[vocab_size:] = True
+    ids = [i for i in suppress_ids if 0 <= i < logits.shape[-1]]
+    if ids:
+        mask[torch.tensor(ids, device=logits.device)] = True
+    return logits.masked_fill(mask, float("-inf"))
+
+
+class _MaskUnproducible(LogitsProcessor):
+    """``generate``'s hook for :func:`mask_unproducible_logits`."""
+
+    def __init__(self, vocab_size: int | None, suppress_ids: Sequence[int]):
+        self.vocab_size, self.suppress_ids = vocab_size, tuple(suppress_ids)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return mask_unproducible_logits(scores, self.vocab_size, self.suppress_ids)  # (B, V)
 
 
 @contextlib.contextmanager
@@ -557,13 +597,20 @@ class Vlm3rForConditionalGeneration(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         streamer=None,
+        vocab_size: int | None = None,
+        suppress_ids: Sequence[int] = (),
+        stopping_criteria=None,
     ) -> torch.Tensor:
         """Greedy or sampled decoding for a batch of videos of different lengths.
 
         Prompts are re-padded on the left after the video tokens are inserted. Decoding stops at
-        ``<|im_end|>``; the ``<image>`` placeholder is never generated (an answer holding it could
-        not be fed back to the model). ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
+        ``<|im_end|>``. ``streamer`` (a ``transformers`` ``BaseStreamer``) receives the (B,) new
         tokens of every step, after one first call with the (empty) prompt ids (serving streams).
+        Ids at or past ``vocab_size`` (the tokenizer's length: the LM head's padding rows), the
+        video placeholder (an answer holding it could not be fed back to the model) and
+        ``suppress_ids`` are never generated (:func:`mask_unproducible_logits`).
+        ``stopping_criteria`` (a ``transformers`` ``StoppingCriteriaList``) may end rows early: a
+        row it marks done gets ``pad_token_id`` from then on, and decoding ends when every row is.
 
         Returns:
             (B, L_new) int64 new token ids (``pad_token_id`` after a row's end token).
@@ -578,8 +625,11 @@ class Vlm3rForConditionalGeneration(nn.Module):
             do_sample=do_sample,
             eos_token_id=self.config.text["eos_token_id"],
             pad_token_id=self.config.text["pad_token_id"],
-            suppress_tokens=[self.config.image_token_id],
             streamer=streamer,
+            logits_processor=LogitsProcessorList(
+                [_MaskUnproducible(vocab_size, (self.config.image_token_id, *suppress_ids))]
+            ),
+            stopping_criteria=stopping_criteria,
             **sampling,
         )
 

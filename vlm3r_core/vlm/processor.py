@@ -16,6 +16,7 @@ supervises only the completion (answer + ``<|im_end|>``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from vlm3r_core.vlm.tokenizer import load_tokenizer
 __all__ = ["FramePixels", "TextBatch", "Vlm3rProcessor", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
+INPUT_ONLY_TOKENS = (prompting.VIDEO_PLACEHOLDER, "<video>")  # placeholders, never generated
 
 
 @dataclass
@@ -100,6 +102,14 @@ class Vlm3rProcessor:
                 f"tokenizer ids (<image>, <|im_end|>, pad) = {(self.placeholder_id, self.eos_token_id, self.pad_token_id)} "
                 f"do not match the config {expected}"
             )
+        vocab = tokenizer.get_vocab()
+        self.input_only_ids = tuple(vocab[t] for t in INPUT_ONLY_TOKENS if t in vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        """The ids the tokenizer has (``len(tokenizer)``); the LLM's LM head may have more rows
+        (Qwen2's padding), which generation never picks."""
+        return len(self.tokenizer)
 
     @classmethod
     def from_config(cls, config: Vlm3rConfig) -> Vlm3rProcessor:
@@ -137,10 +147,13 @@ class Vlm3rProcessor:
             timestamps: seconds of the video's sampled frames (a token row's ``timestamps`` or a
                 decoded video's), for the time line.
             duration_s: length of the video in seconds.
+
+        A blind question (no frames, ``timestamps`` empty) gets no time line.
         """
-        return prompting.build_user_message(
-            question, options, timestamps=timestamps, duration_s=duration_s, config=self.config.prompt
-        )
+        config = self.config.prompt
+        if not timestamps:
+            config = dataclasses.replace(config, add_time_instruction=False)
+        return prompting.build_user_message(question, options, timestamps=timestamps, duration_s=duration_s, config=config)
 
     def build_batch(self, user_messages: Sequence[str], answers: Sequence[str] | None = None) -> TextBatch:
         """Tokenises user turns (from ``prompting.build_user_message``) into a right-padded batch.

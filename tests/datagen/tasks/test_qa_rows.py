@@ -10,14 +10,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from datagen.dataset import write_outputs
 from datagen.qa import (
+    GENERATOR_VERSION,
     QAConfig,
     assign_letters,
     conversation,
     generate_scene_rows,
     process_scene,
     scene_cache_uri,
-    write_outputs,
 )
 from datagen.tasks import TASK_SETS, TASKS
 from tests.datagen.scene_builder import random_scene, write_scene_with_video
@@ -163,12 +164,10 @@ def test_outputs_manifest_errors_and_resume(tmp_path, scene):
 
     summary = write_outputs(out, config, refs, [results[2]])
     assert summary.num_failed == 1 and set(summary.counts) == {"train", "val"}
-    train = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
+    train = storage.read_parquet(f"{out}/qa/benchmark/train").to_pylist()
     assert {r["split"] for r in train} == {"train"} and all(r["scene_name"] == "room-a" for r in train)
-    assert storage.read_parquet(f"{out}/qa/benchmark/val.parquet").num_rows == sum(
-        summary.counts["val"].values()
-    )
-    convs = storage.read_jsonl(f"{out}/qa/conversations/train.jsonl")
+    assert storage.read_parquet(f"{out}/qa/benchmark/val").num_rows == sum(summary.counts["val"].values())
+    convs = storage.read_parquet(f"{out}/qa/conversations/train").to_pylist()
     assert [c["id"] for c in convs] == [r["id"] for r in train]
     manifest = storage.read_json(f"{out}/qa/manifest.json")
     assert manifest["counts"] == summary.counts and manifest["num_failed"] == 1
@@ -197,7 +196,9 @@ def test_a_scene_rewritten_in_place_is_generated_again(tmp_path, scene):
 
 # blake2b-128 of the rows of two scenes, computed with the generator as it was before task sets and
 # template paraphrases existed (commit a074dd3), for the default config and for seed 7 with 50 questions
-# per type: pre-letter rows, benchmark rows, conversations (the new ``template`` column left out).
+# per type: pre-letter rows, benchmark rows, conversations (the new ``template`` column left out, and
+# ``generator_version`` read as it was then: vlm3r-qa-2 changed the letters of runs of more than one
+# shard group only).
 ROWS_BEFORE = {
     "default": (
         588,
@@ -216,6 +217,10 @@ ROWS_BEFORE = {
 
 def _digest(rows: list[dict]) -> str:
     rows = [{k: v for k, v in r.items() if k != "template"} for r in rows]
+    for r in rows:
+        if "generator_version" in r:
+            assert r["generator_version"].startswith(GENERATOR_VERSION)
+            r["generator_version"] = r["generator_version"].replace(GENERATOR_VERSION, "vlm3r-qa-1")
     return hashlib.blake2b(json.dumps(rows, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
@@ -240,6 +245,9 @@ def test_official_templates_and_the_default_task_set_give_the_rows_of_before(two
     timing = {r["id"]: (r["timestamps"], r["duration_s"]) for r in rows}
     bench = assign_letters(rows, seed=config.seed)
     convs = [conversation(r, *timing[r["id"]], config.prompt) for r in bench]
+    # Conversations gained the benchmark row's question, options and answer since (training renders its prompt).
+    assert all(c["question"] == b["question"] and c["options"] == b["options"] for c, b in zip(convs, bench, strict=True))
+    convs = [{k: v for k, v in c.items() if k not in ("question", "options", "answer")} for c in convs]
     assert (len(rows), _digest(rows), _digest(bench), _digest(convs)) == ROWS_BEFORE[name]
     assert all(r["template"] == f"{r['question_type']}/0" for r in bench)
 
@@ -300,7 +308,7 @@ def test_task_sets_in_the_config_and_the_benchmark_of_extended_rows(two_scenes):
         qt for t in TASK_SETS["extended"] for qt in TASKS[t].question_types
     }
     one_turn = {r["generator_version"] for r in rows if r["question_type"] == "route_planning_one_turn"}
-    assert one_turn == {"vlm3r-qa-1+builtin"}
+    assert one_turn == {"vlm3r-qa-2+builtin"}
     with pytest.raises(ValueError, match="unknown task"):
         QAConfig(tasks=("extendd",))
     with pytest.raises(ValueError, match="sequence of names"):
@@ -320,11 +328,12 @@ def test_the_template_choice_is_in_the_fingerprint_the_outputs_and_the_manifest(
     refs = list_scenes(root)
     assert process_scene(refs[0], out, config).error is None
     write_outputs(out, config, refs, [])
-    table = storage.read_parquet(f"{out}/qa/benchmark/train.parquet")
+    table = storage.read_parquet(f"{out}/qa/benchmark/train")
     assert table.column_names[-1] == "template"
-    jsonl = storage.read_jsonl(f"{out}/qa/benchmark/train.jsonl")
-    assert [r["template"] for r in jsonl] == table.column("template").to_pylist()
+    rows = generate_scene_rows(two_scenes[0], "v.mp4", config)
+    assert table.column("template").to_pylist() == [r["template"] for r in rows]
     assert storage.read_json(f"{out}/qa/manifest.json")["templates"] == "diverse"
+    assert "| templates | `diverse` |" in storage.read_text(f"{out}/qa/README.md")
 
 
 def test_adding_the_extended_families_leaves_the_official_rows_as_they_are(two_scenes):
