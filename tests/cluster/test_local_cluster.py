@@ -169,8 +169,10 @@ def test_the_pipeline_through_the_jobs_api_survives_lost_worker_nodes(local_clus
 
     run_job(local_cluster, ["jobs/generate_qa.py", "--scenes", root, "--out", root, "--seed", "0",
                             "--per-scene-cap", sizes["qa_cap"]], tmp_path / "generate_qa.log", 900)  # fmt: skip
-    train_qa = f"{root}/qa/conversations/train.jsonl"
-    assert storage.read_jsonl(train_qa)
+    train_qa, val_benchmark = f"{root}/qa/conversations/train", f"{root}/qa/benchmark/val"  # split folders
+    counts = storage.read_json(f"{root}/qa/manifest.json")["counts"]
+    assert sum(counts["train"].values()) and sum(counts["val"].values()), counts
+    assert storage.list_files(train_qa, ".parquet") and storage.list_files(val_benchmark, ".parquet")
 
     # Precompute; with --cluster-full the node of the encoder actor is lost once a shard is written,
     # and Ray Data goes on with the nodes left.
@@ -241,7 +243,7 @@ def test_the_pipeline_through_the_jobs_api_survives_lost_worker_nodes(local_clus
     assert storage.exists(f"{out}/model/config.json")
 
     sub = run_job(local_cluster, ["jobs/evaluate.py", "--model", f"{out}/model", "--benchmark",
-                                  f"{root}/qa/benchmark/val.parquet", "--tokens", tokens, "--out", f"{root}/eval/tiny",
+                                  val_benchmark, "--tokens", tokens, "--out", f"{root}/eval/tiny",
                                   "--num-actors", "2", "--limit", sizes["eval_limit"]], tmp_path / "evaluate.log", 900)  # fmt: skip
     answered = storage.read_jsonl(f"{root}/eval/tiny/predictions.jsonl")
     assert len(answered) == int(sizes["eval_limit"]) or "0 failed" in sub.summary("evaluate")
