@@ -80,9 +80,9 @@ demo: os-packages $(VENV)/.installed
 test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
-# The multi-node cluster tests at full size (make test runs them CI-sized): a head and 2 worker nodes
-# on loopback (cluster/local), the whole pipeline through `ray job submit` on a moto S3, a worker node
-# lost in precompute and in training, both Serve deployments scaling up and down on their own.
+# The multi-node cluster proof at full size (make test runs it CI-sized, -m cluster): a head and 2
+# worker nodes on loopback (cluster/local), every job through `ray job submit --working-dir .` on a moto
+# S3, a worker node lost in precompute and in training, both Serve deployments scaling on their own.
 cluster-test: os-packages $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider -s --durations=10 tests/cluster/test_local_cluster.py --cluster-full
 

@@ -359,6 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=32, help="frames per synthetic video")
     parser.add_argument("--deploy-timeout-s", type=float, default=300.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON and PNG")
+    parser.add_argument("--plot", help="where to write the plot (default: <out>/autoscaling.png)")
     return parser.parse_args(argv)
 
 
@@ -379,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "autoscaling.json").write_text(json.dumps(
         {"options": vars(opts), "summary": summary, "phases": run.phases,
          "samples": [asdict(s) for s in run.samples], "requests": [asdict(r) for r in run.requests]}, indent=1))  # fmt: skip
-    plot(run, out / "autoscaling.png")
-    print(f"wrote {out / 'autoscaling.json'} and {out / 'autoscaling.png'}")
+    png = Path(opts.plot) if opts.plot else out / "autoscaling.png"
+    plot(run, png)
+    print(f"wrote {out / 'autoscaling.json'} and {png}")
     return 0
 
 

@@ -18,8 +18,12 @@ The cluster is laid out like the KubeRay clusters in ``cluster/kuberay/``:
   ``jobs/train.py --num-workers 2 --cpus-per-worker 2.5`` puts one training worker on each node.
 
 Every node is a separate ``ray start --block`` process with its own temp dir (sessions, logs,
-sockets), its own ports (all picked free on 127.0.0.1) and token authentication on
-(``RAY_AUTH_MODE=token`` with a token made for this cluster; nothing is written to ``~/.ray``).
+sockets), its own ports (all picked free) and token authentication on (``RAY_AUTH_MODE=token`` with
+a token made for this cluster; nothing is written to ``~/.ray``). The dashboard (Jobs API, State
+API, Serve REST API) and the Serve HTTP proxy listen on 127.0.0.1. Ray's own node-to-node ports
+(GCS, raylets, object managers) listen on every interface and the nodes reach each other by the
+machine's IP (``ray start`` turns ``--node-ip-address 127.0.0.1`` into that IP), with token
+authentication on as everywhere else.
 
 It does not capture anyone's ``ray.init()``: a ``ray.init()`` without an address joins the cluster
 named in ``<default temp dir>/ray/ray_current_cluster``, which ``ray start`` writes into its own
@@ -83,7 +87,7 @@ class Cluster:
     """What ``up`` started, saved as ``<state>/cluster.json`` for the other commands."""
 
     state_dir: str
-    token: str
+    token: str = field(repr=False)  # never in a repr (test failure reports, logs)
     gcs_port: int
     dashboard_port: int
     python: str
@@ -108,6 +112,10 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
         bin_dir = str(Path(self.python).parent)
         env.update(
+            # As on KubeRay pods: Ray code on the nodes that looks up "the" cluster without an address
+            # (Ray Train's PlacementGroupCleaner, the State API) finds this one, not any other Ray
+            # instance running on the machine. Only the nodes' processes have it.
+            RAY_ADDRESS=self.gcs_address,
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN=self.token,
             RAY_USAGE_STATS_ENABLED="0",
@@ -117,6 +125,9 @@ class Cluster:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        # A raylet waits this long for its dashboard agent to come up (default 30 s), then exits; on a
+        # busy machine importing the agent takes longer.
+        env.setdefault("RAY_agent_register_timeout_ms", "120000")
         return env
 
     def auth_headers(self) -> dict[str, str]:

@@ -20,18 +20,16 @@ def cluster_full(request) -> bool:
 
 @pytest.fixture(scope="module")
 def local_cluster(request, moto_endpoint):
-    """Head + 3 worker nodes (``cluster/local/local_cluster.py up --workers 3``), each its own ``ray
-    start``, token auth on: the 2-worker training job runs on 2 of the workers, and when one of
-    those is lost the job goes on with the remaining two (as a cluster whose autoscaler replaces
-    lost nodes would). Started after ``moto_endpoint`` so every node reaches the test S3 endpoint;
+    """Head + 2 worker nodes (``cluster/local/local_cluster.py up``), each its own ``ray start``,
+    token auth on. Started after ``moto_endpoint`` so every node reaches the test S3 endpoint;
     stopped (exactly the processes it started) when the module's tests are done, failed or not. The
     nodes' logs are kept (their folder is printed) when a test failed."""
     lc = load_local_cluster()
     state = Path(tempfile.mkdtemp(prefix="v16-", dir="/tmp"))  # short: Ray's socket paths must fit
     failed_before = request.session.testsfailed
     started = time.monotonic()
-    cluster = lc.up(state, workers=3)
-    print(f"\n[cluster] head + 3 workers up in {time.monotonic() - started:.0f} s", flush=True)
+    cluster = lc.up(state, workers=2)
+    print(f"\n[cluster] head + 2 workers up in {time.monotonic() - started:.0f} s", flush=True)
     try:
         yield cluster
     finally:
