@@ -273,6 +273,14 @@ def plot(run: Run, path: Path) -> None:
     plt.close(fig)
 
 
+def phase_videos(max_requests: int, frames: int) -> dict[str, list[str]]:
+    """The videos each phase sends (data URLs): a new one per request under encoder load, one
+    repeated video under LLM load (after its first request the encoder answers from its token
+    cache), and a warm-up video neither phase sends."""
+    videos = synthetic_videos(max_requests + 2, frames)
+    return {"encoder": videos[:max_requests], "llm": [videos[-2]] * max_requests, "warm-up": [videos[-1]]}
+
+
 def deploy(cluster, config: Path, model: str, port: int, workdir: Path) -> Path:
     """``serve deploy`` of ``config`` with its HTTP port and model replaced; returns the written config."""
     data = yaml.safe_load(config.read_text())
@@ -309,19 +317,19 @@ def benchmark(cluster, opts, workdir: Path) -> tuple[Run, dict]:
     deploy(cluster, Path(opts.config), opts.model, port, workdir)
     wait_running(status, opts.deploy_timeout_s)
     base_url = f"http://127.0.0.1:{port}/v1"
-    videos = synthetic_videos(opts.max_requests + 2, opts.frames, workdir)
+    videos = phase_videos(opts.max_requests, opts.frames)
     from openai import OpenAI
 
-    ask(OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300), videos[-1], 1)  # warm-up
+    ask(OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300), videos["warm-up"][0], 1)
     run = Run()
     sampler = Sampler(status, run)
     sampler.start()
     try:
         cool_down(run, sampler, opts.cooldown_s)  # start from one replica each
-        load_phase(run, sampler, base_url, "encoder", videos[: opts.max_requests], 1, opts.concurrency,
+        load_phase(run, sampler, base_url, "encoder", videos["encoder"], 1, opts.concurrency,
                    opts.phase_s, opts.hold_s)  # fmt: skip
         cool_down(run, sampler, opts.cooldown_s)
-        load_phase(run, sampler, base_url, "llm", [videos[-2]] * opts.max_requests, opts.max_tokens,
+        load_phase(run, sampler, base_url, "llm", videos["llm"], opts.max_tokens,
                    opts.concurrency, opts.phase_s, opts.hold_s)  # fmt: skip
         cool_down(run, sampler, opts.cooldown_s)
     finally:

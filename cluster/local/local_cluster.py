@@ -125,9 +125,6 @@ class Cluster:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-        # A raylet waits this long for its dashboard agent to come up (default 30 s), then exits; on a
-        # busy machine importing the agent takes longer.
-        env.setdefault("RAY_agent_register_timeout_ms", "120000")
         return env
 
     def auth_headers(self) -> dict[str, str]:
@@ -281,7 +278,7 @@ def wait_for(cluster: Cluster, names: list[str], timeout_s: float) -> None:
     raise TimeoutError(f"nodes {names} not up within {timeout_s:.0f} s ({last})")
 
 
-def _start_and_wait(cluster: Cluster, node: Node, timeout_s: float, attempts: int = 3) -> None:
+def _start_and_wait(cluster: Cluster, node: Node, timeout_s: float, attempts: int = 5) -> None:
     """Starts ``node`` and waits for it; a node whose start fails is started again.
 
     On a loaded machine a node can die while starting: its raylet gives the dashboard agent a

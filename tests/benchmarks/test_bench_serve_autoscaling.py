@@ -1,10 +1,20 @@
-"""benchmarks/bench_serve_autoscaling.py without a cluster: its figures from a recorded run, the plot,
-and the replica counts it reads from the dashboard's Serve API (a recorded response). The run on a real
-cluster is tests/cluster/test_local_cluster.py with --cluster-full."""
+"""benchmarks/bench_serve_autoscaling.py at minimal size without a cluster: the videos of its phases,
+its figures from a recorded run, the plot, and the replica counts it reads from the dashboard's Serve
+API (a recorded response). The run on a real cluster (minutes of load) is
+tests/cluster/test_local_cluster.py with --cluster-full (make cluster-test)."""
 
 from __future__ import annotations
 
-from benchmarks.bench_serve_autoscaling import Request, Run, Sample, ServeStatus, plot, report, summarize
+from benchmarks.bench_serve_autoscaling import (
+    Request,
+    Run,
+    Sample,
+    ServeStatus,
+    phase_videos,
+    plot,
+    report,
+    summarize,
+)
 
 
 def _run() -> Run:
@@ -57,3 +67,11 @@ def test_replica_counts_come_from_the_serve_api_running_replicas():
     assert sample.running == {"GeometryEncoder": 1, "LanguageModel": 1}
     assert sample.target == {"GeometryEncoder": 2, "LanguageModel": 1}
     assert sample.nodes == {"GeometryEncoder": ["worker-1"], "LanguageModel": ["worker-2"]}
+
+
+def test_encoder_load_sends_new_videos_and_llm_load_one_repeated_video():
+    videos = phase_videos(3, 4)
+    assert len(set(videos["encoder"])) == 3  # a new video per request: the encoder works every time
+    assert len(videos["llm"]) == 3 and len(set(videos["llm"])) == 1  # one video: its tokens come from the cache
+    assert not set(videos["llm"]) & set(videos["encoder"]) and not set(videos["warm-up"]) & set(videos["encoder"])
+    assert all(v.startswith("data:video/") for vs in videos.values() for v in vs)
