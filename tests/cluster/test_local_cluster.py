@@ -42,7 +42,8 @@ def sizes(cluster_full) -> dict:
     if cluster_full:
         return {"scenes": 6, "val_fraction": "0.34", "duration": "4", "qa_cap": "2", "steps": 12, "every": 4,
                 "eval_limit": "40"}  # fmt: skip
-    return {"scenes": 2, "val_fraction": "0.5", "duration": "2", "qa_cap": "1", "steps": 4, "every": 2}
+    # Two training videos: one per training worker (evaluation, which needs val scenes, is full-size only).
+    return {"scenes": 2, "val_fraction": "0", "duration": "2", "qa_cap": "1", "steps": 4, "every": 2}
 
 
 WORKERS = ["worker-1", "worker-2"]
@@ -213,7 +214,7 @@ def test_the_pipeline_through_the_jobs_api_survives_lost_worker_nodes(local_clus
     assert len(video_ids) == n
     train_qa, val_benchmark = f"{root}/qa/conversations/train", f"{root}/qa/benchmark/val"  # split folders
     counts = storage.read_json(f"{root}/qa/manifest.json")["counts"]
-    assert sum(counts["train"].values()) and sum(counts["val"].values()), counts
+    assert sum(counts["train"].values()) and (sum(counts.get("val", {}).values()) or not cluster_full), counts
 
     # Precompute, one video per batch on one encoder actor: once the first shard is written, the node
     # of the actor is lost; Ray Data starts the actor again on the node left and finishes.
