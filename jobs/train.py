@@ -125,7 +125,7 @@ def record_model(cfg: TrainConfig, metrics: dict | None, wall_time_s: float) -> 
         return
     try:
         provenance = training_provenance(
-            dataclasses.asdict(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
+            dataclasses.asdict(cfg), model=training_model_config(cfg), steps=(metrics or {}).get("step"), loss=(metrics or {}).get("loss"),
             hardware=hardware(cfg), wall_time_s=wall_time_s,
         )  # fmt: skip
         write_provenance(cfg.model_uri, provenance)

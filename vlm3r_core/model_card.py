@@ -75,12 +75,13 @@ def write_provenance(model_uri: str, provenance: dict) -> None:
 
 
 def training_provenance(
-    train_config: dict, *, steps: int | None, loss: float | None, hardware: str, wall_time_s: float
+    train_config: dict, *, model, steps: int | None, loss: float | None, hardware: str, wall_time_s: float
 ) -> dict:
     """The ``provenance.json`` of a model ``jobs/train.py`` exported.
 
     Args:
         train_config: the run's ``TrainConfig`` as a dict (``dataclasses.asdict``).
+        model: the ``Vlm3rConfig`` it trained (the join of conversations and tokens depends on it).
         steps: optimiser steps done; loss: the last reported training loss.
         hardware: what trained it, e.g. ``8 x GPU (H100)``.
         wall_time_s: wall time of the training job that finished the run.
@@ -90,7 +91,7 @@ def training_provenance(
 
     qa, tokens = train_config["qa_uri"], train_config["tokens_uri"]
     manifest = storage.join(tokens, "manifest.jsonl")
-    plan = plan_training_join(qa, tokens)
+    plan = plan_training_join(qa, tokens, model)
     workers, micro, accum = (train_config[k] for k in ("num_workers", "micro_batch_size", "grad_accum_steps"))
     return {
         "kind": "trained",
