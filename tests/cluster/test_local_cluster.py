@@ -258,7 +258,9 @@ def test_the_pipeline_through_the_jobs_api_survives_lost_worker_nodes(local_clus
     before: list[str] = []
 
     def first_checkpoint() -> bool:
-        if not storage.exists(f"{out}/metrics.jsonl"):
+        # Registered, not only written: Ray Train writes its checkpoint manager's snapshot once the
+        # controller has the reported checkpoint (metrics.jsonl is written before the report).
+        if not storage.exists(f"{out}/checkpoints/vlm3r-lora/checkpoint_manager_snapshot.json"):
             return False
         before[:] = _alive_actors(local_cluster, "RayTrainWorker")
         return len(before) == 2
