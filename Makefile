@@ -17,7 +17,7 @@ BROWSER_PACKAGES := chromium chromium-driver
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint clean os-packages browser-packages
+.PHONY: install demo test cluster-test lint clean os-packages browser-packages
 
 # apt-get runs only for missing packages (through sudo when not root); $(1): the packages,
 # $(2): "optional" to skip packages the distribution does not have.
@@ -74,6 +74,12 @@ demo: os-packages $(VENV)/.installed
 
 test: os-packages browser-packages $(VENV)/.installed $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The multi-node cluster proof at full size (make test runs it CI-sized, -m cluster): a head and 2
+# worker nodes on loopback (cluster/local), every job through `ray job submit --working-dir .` on a moto
+# S3, a worker node lost in precompute and in training, both Serve deployments scaling on their own.
+cluster-test: os-packages $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider -s --durations=10 tests/cluster/test_local_cluster.py --cluster-full
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests that need released weights")
+    parser.addoption("--cluster-full", action="store_true", help="tests/cluster at full size (make cluster-test)")
     parser.addoption(
         "--screenshots",
         metavar="DIR",
