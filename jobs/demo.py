@@ -33,6 +33,7 @@ from vlm3r_core.evaluation import read_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = "tokens/tiny-112px-32f-vf"
+_SUMMARY = re.compile(r"^\[[a-z_]+\] ")  # a job's summary line: "[generate_qa] 8 done, ..."
 _PROGRESS = re.compile(r"(\d+)/(\d+) \[|\bstep (\d+)/(\d+)\b")  # a tqdm bar "12/40 [" or "[train] step 10/200"
 
 
@@ -159,12 +160,16 @@ def run_stage(index: int, count: int, stage: Stage, logs: Path, env: dict[str, s
             bar.n = bar.total
     seconds = time.monotonic() - start
     text = log.read_text(errors="replace")
-    summary = next((line for line in reversed(text.splitlines()) if line.startswith("[") and "] " in line), "")
+    summary = next((line for line in reversed(text.splitlines()) if _SUMMARY.match(line)), "")
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-15:])
         raise RuntimeError(f"stage {stage.name} failed (exit {proc.returncode}); the end of {log}:\n{tail}")
     print(f"      {summary or 'done'} ({seconds:.0f} s)", flush=True)
     return StageResult(stage, seconds, summary, log)
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _size(path: Path) -> int:
@@ -183,7 +188,7 @@ def _ask(cfg: DemoConfig, env: dict[str, str], logs: Path, index: int, count: in
                   "and live, frame by frame",
                   [sys.executable, "-m", "serve_apps.demo_client", "--model", f"{cfg.data}/runs/tiny/model",
                    "--video", f"{cfg.data}/scenes/synthetic/{cfg.video}/video.mp4", "--question", question,
-                   "--live-ply", ply, "--live-confidence", "1"], outputs=(f"reconstructions/{cfg.video}",))  # fmt: skip
+                   "--live-ply", ply, "--live-confidence", "1", "--live-voxel-size", "0"], outputs=(f"reconstructions/{cfg.video}",))  # fmt: skip
     result = run_stage(index, count, stage, logs, env)
     text = result.log.read_text(errors="replace")
     answer = re.search(r"^A: (.*)$", text, re.MULTILINE)
@@ -241,7 +246,7 @@ def demo(cfg: DemoConfig) -> int:
     print(f"\nDone in {(time.monotonic() - start) / 60:.1f} min. What each stage wrote under {cfg.data}:")
     for r in results[:-1]:
         size = sum(_size(data / o) for o in r.stage.outputs)
-        summary = re.sub(r"^\[\w+\] ", "", r.summary).split(" -> ")[0]
+        summary = _short(re.sub(r"^\[\w+\] ", "", r.summary).split(" -> ")[0], 90)
         print(f"  {r.stage.name:<19}{r.seconds:>5.0f} s {size / 2**20:>7.1f} MiB  {summary}")
     table = _eval_table(cfg)
     if table:
@@ -249,8 +254,8 @@ def demo(cfg: DemoConfig) -> int:
         print("\n".join(table))
     ask = results[-1].extra
     print(f"Asked the served model about {cfg.video}: {ask['question']}")
-    print(f"  whole video: {ask['answer'] or '(none)'}   live session, at the end: {ask['live'] or '(none)'}   "
-          f"ground truth: {ask['truth']}")  # fmt: skip
+    print(f"  ground truth: {ask['truth']}   answer about the whole video: {_short(ask['answer'] or '(none)', 40)}")
+    print(f"  answer of the live session at its end: {_short(ask['live'] or '(none)', 40)}")
     print(f"  the live session's reconstruction: {ask['points'] or 0} points in {ask['ply']} (camera path beside it)")
     print("The tiny preset is a 2-layer model with random encoder weights that trains in minutes on a laptop: its "
           "scores show the pipeline runs end to end, not spatial reasoning (use vlm3r-7b for that).")  # fmt: skip

@@ -34,6 +34,8 @@ class DemoClientConfig:
         live_ply: also stream the video into a live session and save its reconstruction here.
         live_confidence: the reconstruction's confidence threshold (>= 1; 1 keeps every point: an
             untrained CUT3R such as the tiny preset's is never confident; None: the server's, 3).
+        live_voxel_size: the reconstruction's voxel side in metres (0 keeps every point; None:
+            the server's, 0.02).
     """
 
     video: str
@@ -42,6 +44,7 @@ class DemoClientConfig:
     max_tokens: int = 32
     live_ply: str | None = None
     live_confidence: float | None = None
+    live_voxel_size: float | None = None
 
     def __post_init__(self):
         if self.max_tokens < 1:
@@ -103,9 +106,11 @@ def stream_live(opts: DemoClientConfig, url: str, api_key: str) -> None:
     trajectory = storage.join(opts.live_ply.rsplit("/", 1)[0], "trajectory.json") if "/" in opts.live_ply else "trajectory.json"
     config = StreamClientConfig(url=url, video=opts.video, ask=(f"t=end:{opts.question}",), save_ply=opts.live_ply,
                                 save_trajectory=trajectory, api_key=api_key, image_format="png",
-                                max_tokens=opts.max_tokens, confidence=opts.live_confidence)  # fmt: skip
+                                max_tokens=opts.max_tokens, confidence=opts.live_confidence,
+                                voxel_size=opts.live_voxel_size)  # fmt: skip
     answers = run(config)
     print(f"LIVE: {answers[-1][2] if answers else ''}")
+    print(f"[serve] answered about {opts.video} whole and live; reconstruction -> {opts.live_ply}, {trajectory}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Benchmarks for other evaluation harnesses: any benchmark this system reads, as an lmms-eval task
 folder and as a VLMEvalKit-style TSV, so other models can be evaluated on data made here.
 
-    python -m vlm3r_core.harnesses --benchmark ./vlm3r-data/qa/benchmark/val.parquet \\
+    python -m vlm3r_core.harnesses --benchmark ./vlm3r-data/qa/benchmark/val \\
         --out ./vlm3r-data/export [--name vlm3r_spatial] [--split val] [--videos-root DIR]
 
 writes, under ``--out``:
