@@ -345,18 +345,24 @@ class Vlm3rIngress:
     @api.post("/demo/frames")
     async def demo_frames(self, request: Request) -> dict[str, Any]:
         authorize(request.headers.get("authorization"), self.api_keys)
-        args = self.args
-        video = await read_body(
-            request, args.max_video_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
-        )
-        if video:
-            await asyncio.to_thread(self.admission.check_video, video, "body")  # the API's limits, before decoding
+        video = await self._posted_video(request)
         try:
             return await asyncio.to_thread(self.demo.frames, video)
         except ApiError:
             raise
         except Exception as e:
             raise backend_error(e) from None
+
+    async def _posted_video(self, request: Request) -> bytes:
+        """A demo route's body: a video, admitted by the API's limits before any decoding (400 when empty)."""
+        args = self.args
+        video = await read_body(
+            request, args.max_video_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
+        )
+        if not video:
+            raise ApiError(400, "the request body must be a video", "missing_video")
+        await asyncio.to_thread(self.admission.check_video, video, "body")
+        return video
 
     @api.post("/demo/reconstruction")
     async def demo_reconstruction(self, request: Request) -> JSONResponse:
@@ -366,14 +372,9 @@ class Vlm3rIngress:
         point heads, or no point reaches the confidence."""
         authorize(request.headers.get("authorization"), self.api_keys)
         args = self.args
-        video = await read_body(
-            request, args.max_video_bytes, args.body_timeout_s, max(args.request_timeout_s, args.body_timeout_s)
-        )
-        if not video:
-            raise ApiError(400, "the request body must be a video", "missing_video")
         # as many points per frame as a live session keeps per keyframe: a bounded answer
         config = dataclasses.replace(reconstruction_config(request), max_points_per_frame=args.session_points_per_keyframe)
-        await asyncio.to_thread(self.admission.check_video, video, "body")  # the API's limits, before decoding
+        video = await self._posted_video(request)
         response = self.encoder.reconstruct.remote(video, "the posted video", config)
         try:
             cloud = await asyncio.wait_for(response, args.request_timeout_s)
