@@ -15,7 +15,10 @@ after its shard is written; re-running skips those videos (and first adopts shar
 run wrote but did not list). Each scene's video is checked against its ``scene.json`` (frame
 count and size) before it is encoded. Videos that fail (unreadable, mismatched, a failed shard
 write) go to ``errors.jsonl`` with the reason; the job goes on and they are tried again next run.
-A shard set made by another encoder is refused. Ends with a one-line summary; every flag:
+A shard set made by another encoder is refused. ``--export-3d`` also writes each encoded video's
+CUT3R reconstruction (points.ply, points.glb, trajectory.json) under
+``<out>/reconstructions/<dataset>/<scene_id>/``; a video whose export fails (no confident point)
+keeps its tokens and gets a warning line. Ends with a one-line summary; every flag:
 ``--help``; exit codes: see ``vlm3r_core/cli.py``.
 """
 
@@ -27,7 +30,9 @@ from dataclasses import asdict
 import ray
 
 from jobs.common import RayOptions, connect
+from vlm3r_core import storage
 from vlm3r_core.cli import parse, run_job
+from vlm3r_core.geometry.reconstruction import ReconstructionConfig
 from vlm3r_core.ledger import RunLedger, RunSummary
 from vlm3r_core.precompute import (
     PrecomputeConfig,
@@ -59,6 +64,11 @@ def precompute_tokens(cfg: PrecomputeConfig, ray_options: RayOptions) -> RunSumm
         print(f"[precompute_tokens] {len(sources)} videos, {len(sources) - len(todo)} already done, "
               f"encoding {len(todo)} with {encoder.name} -> {out_dir}", flush=True)  # fmt: skip
         shard_bytes: dict[str, int] = {}
+        export = {}
+        if cfg.export_3d:
+            export = {"export_dir": storage.join(cfg.out, "reconstructions"),
+                      "export": ReconstructionConfig(confidence_threshold=cfg.export_confidence)}  # fmt: skip
+        exported = 0
         if todo:
             gpu = connect(ray_options)
             num_gpus = int(ray.cluster_resources().get("GPU", 0)) if gpu else 0
@@ -66,7 +76,7 @@ def precompute_tokens(cfg: PrecomputeConfig, ray_options: RayOptions) -> RunSumm
             ds = ds.map_batches(decode_videos, fn_kwargs={"num_frames": model_cfg.num_frames}, batch_size=1, num_cpus=1)
             ds = ds.map_batches(
                 TokenEncoder,
-                fn_constructor_kwargs={"cfg": model_cfg, "encoder": encoder, "out_dir": out_dir},
+                fn_constructor_kwargs={"cfg": model_cfg, "encoder": encoder, "out_dir": out_dir, **export},
                 batch_size=cfg.batch_size,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.num_actors or max(num_gpus, 1)),
                 num_gpus=1 if gpu else 0,
@@ -74,17 +84,23 @@ def precompute_tokens(cfg: PrecomputeConfig, ray_options: RayOptions) -> RunSumm
             )
             for records in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 rows = zip(records["video_id"], records["video"], records["error"], records["shard"],
-                           records["shard_bytes"], strict=True)  # fmt: skip
-                for video_id, video, error, shard, nbytes in rows:
+                           records["shard_bytes"], records["export_error"], strict=True)  # fmt: skip
+                for video_id, video, error, shard, nbytes, export_error in rows:
                     if error:
                         ledger.fail(str(video_id), str(error), video=str(video))
-                    else:
-                        ledger.record({"video_id": str(video_id), "shard": str(shard)})
-                        shard_bytes[str(shard)] = int(nbytes)
+                        continue
+                    ledger.record({"video_id": str(video_id), "shard": str(shard)})
+                    shard_bytes[str(shard)] = int(nbytes)
+                    if export_error:  # the tokens are written; only the 3D export is missing
+                        print(f"[precompute_tokens] warning: no reconstruction of {video_id}: {export_error}",
+                              file=sys.stderr, flush=True)  # fmt: skip
+                    elif cfg.export_3d:
+                        exported += 1
         written = sum(shard_bytes.values())
         done = len(ledger.rows) - (len(sources) - len(todo))
         per_video = f"{written / max(done, 1) / 2**20:.2f}"
-        return ledger.close(shards=len(shard_bytes), bytes=written, **{"MiB per video": per_video})
+        details = {"reconstructions": exported} if cfg.export_3d else {}
+        return ledger.close(shards=len(shard_bytes), bytes=written, **{"MiB per video": per_video}, **details)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ Shapes: ``B`` videos, ``T`` frames, ``H`` x ``W`` pixels, ``G`` CUT3R input side
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from vlm3r_core import storage
+from vlm3r_core.geometry.reconstruction import ReconstructionConfig, reconstruct_video
 from vlm3r_core.ledger import error_reason
 from vlm3r_core.scene import SCENE_FILE, list_scenes, read_scene, verify_video
 from vlm3r_core.tokens import TOKEN_DTYPES, EncoderInfo, VideoTokens, shard_name, write_token_shard
@@ -68,6 +70,12 @@ class PrecomputeConfig:
         dtype: storage dtype of the tokens.
         batch_size: videos per encoder call and per shard.
         num_actors: encoder actors (default: one per GPU, or 1 without GPUs).
+        export_3d: also write each video's CUT3R reconstruction of its sampled frames
+            (``points.ply``, ``points.glb``, ``trajectory.json``; ``Reconstruction.write``) under
+            ``<out>/reconstructions/<dataset>/<scene_id>/``; CUT3R is then built with its point
+            heads (the tokens are the same).
+        export_confidence: the export's confidence threshold (>= 1; 1 keeps every point: an
+            untrained CUT3R, such as the tiny preset's, is never confident).
     """
 
     scenes: str
@@ -80,8 +88,11 @@ class PrecomputeConfig:
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = 4
     num_actors: int | None = None
+    export_3d: bool = False
+    export_confidence: float = 3.0
 
     def __post_init__(self):
+        ReconstructionConfig(confidence_threshold=self.export_confidence)  # < 1: ValueError
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_actors is not None and self.num_actors < 1:
@@ -234,14 +245,25 @@ class TokenEncoder:
         device: torch device; None picks CUDA when visible, else CPU.
     """
 
-    def __init__(self, cfg: Vlm3rConfig, encoder: EncoderInfo, out_dir: str, device: str | None = None):
+    def __init__(
+        self,
+        cfg: Vlm3rConfig,
+        encoder: EncoderInfo,
+        out_dir: str,
+        device: str | None = None,
+        export_dir: str | None = None,
+        export: ReconstructionConfig | None = None,
+    ):
         from vlm3r_core.vlm import Vlm3rForConditionalGeneration
 
         if encoder != encoder_info(cfg, encoder.with_vision_features, encoder.dtype):
             raise ValueError(f"encoder {encoder.name} does not match the model config of preset {cfg.name!r}")
         self.cfg, self.encoder, self.out_dir = cfg, encoder, out_dir
+        self.export_dir, self.export = export_dir, export
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         parts = ("vision_tower", "cut3r") if encoder.with_vision_features else ("cut3r",)
+        if export_dir is not None:  # point heads for the export; the other CUT3R weights are the same
+            cfg = cfg.replace(cut3r=dataclasses.replace(cfg.cut3r, enable_point_heads=True))
         self.model = Vlm3rForConditionalGeneration.from_config(cfg, device=self.device, components=parts)
 
     @torch.inference_mode()
@@ -274,12 +296,25 @@ class TokenEncoder:
             out.append(row)
         return out
 
+    def export_3d(self, batch: dict[str, np.ndarray], i: int) -> str:
+        """Writes video ``i``'s reconstruction under ``<export_dir>/<video_id>/``; "" or the reason it could not."""
+        video_id = str(batch["video_id"][i])
+        try:
+            reconstruction = reconstruct_video(
+                self.model.cut3r, batch["frames"][i], self.cfg.cut3r_image_size,
+                np.asarray(batch["timestamps"][i]).tolist(), np.asarray(batch["frame_indices"][i]).tolist(), self.export,
+            )  # fmt: skip
+            reconstruction.write(storage.join(self.export_dir, video_id))
+        except (ValueError, OSError) as e:  # no confident point, storage trouble
+            return error_reason(e)
+        return ""
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Encodes the decoded videos of ``batch`` (from :func:`decode_videos`) into one shard.
 
         Returns:
             One record per input video: ``video_id``, ``video``, ``error`` (the decode or write
-            failure, or ""), ``shard`` (file name in ``out_dir``; "" for failures), ``shard_bytes``
+            failure, or ""), ``export_error`` (why its 3D export failed, or ""), ``shard`` (file name in ``out_dir``; "" for failures), ``shard_bytes``
             (size of that shard; 0 for failures).
         """
         n = len(batch["video_id"])
@@ -309,7 +344,12 @@ class TokenEncoder:
                     errors[i] = f"writing {shard}: {error_reason(e)}"
                 ok, shard = [], ""
         done = set(ok)
+        export_errors = [""] * n
+        if self.export_dir is not None:
+            for i in ok:
+                export_errors[i] = self.export_3d(batch, i)
         return {
+            "export_error": np.array(export_errors, dtype=object),
             "video_id": np.array([str(v) for v in batch["video_id"]], dtype=object),
             "video": np.array([str(v) for v in batch["video"]], dtype=object),
             "error": np.array(errors, dtype=object),

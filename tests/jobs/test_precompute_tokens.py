@@ -152,3 +152,34 @@ def test_a_shard_set_of_another_encoder_is_refused(tmp_path, capsys):
     assert main(["--scenes", root, "--out", root, "--num-frames", str(NUM_FRAMES), "--with-vision-features"]) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("[precompute_tokens] error: ValueError: ") and "holds shards of another encoder" in line
+
+
+def test_export_3d_writes_each_videos_reconstruction_beside_the_same_tokens(ray_local, tmp_path, capsys):
+    import open3d as o3d
+
+    plain, exported = str(tmp_path / "plain"), str(tmp_path / "exported")
+    for root in (plain, exported):
+        write_video_scene(root, "a", seed=0)
+    assert run(plain, capsys)[0] == 0
+    argv = ["--scenes", exported, "--out", exported, "--preset", "tiny", "--num-frames", str(NUM_FRAMES),
+            "--with-vision-features", "--export-3d", "--export-confidence", "1"]  # fmt: skip
+    assert main(argv) == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert "1 done, 0 already done, 0 failed of 1" in summary and "1 reconstructions" in summary, summary
+    folder = f"{exported}/reconstructions/synthetic/a"
+    cloud = o3d.io.read_point_cloud(f"{folder}/points.ply")
+    assert len(cloud.points) > 0 and cloud.has_colors()
+    trajectory = storage.read_json(f"{folder}/trajectory.json")
+    assert [c["frame_index"] for c in trajectory["cameras"]] == [0, 3, 6, 9]  # the sampled frames
+    assert trajectory["points"] == len(cloud.points)
+    # The point heads change nothing in the tokens.
+    (a,), (b,) = (list(iter_video_tokens(read_token_table(f"{r}/tokens/{ENCODER_NAME}"))) for r in (plain, exported))
+    np.testing.assert_array_equal(a.patch_tokens, b.patch_tokens)
+    np.testing.assert_array_equal(a.camera_tokens, b.camera_tokens)
+    # An untrained CUT3R is never confident: at the default threshold the tokens are kept, with a warning.
+    again = str(tmp_path / "strict")
+    write_video_scene(again, "a", seed=0)
+    assert main(["--scenes", again, "--out", again, "--preset", "tiny", "--num-frames", str(NUM_FRAMES), "--export-3d"]) == 0
+    out, err = capsys.readouterr()
+    assert "0 reconstructions" in out.splitlines()[-1] and "no reconstruction of synthetic/a" in err
+    assert main(["--scenes", again, "--out", again, "--export-confidence", "0.5"]) == 1
