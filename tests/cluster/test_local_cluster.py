@@ -40,10 +40,12 @@ SMALL_SCENES = ["--width", "160", "--height", "120", "--fps", "5", "--num-cpus-p
 @pytest.fixture(scope="module")
 def sizes(cluster_full) -> dict:
     if cluster_full:
-        return {"scenes": 6, "val_fraction": "0.34", "duration": "4", "qa_cap": "2", "steps": 12, "every": 4,
+        return {"scenes": 6, "val_fraction": "0.34", "duration": "4", "qa_cap": "2", "steps": 40, "every": 10,
                 "eval_limit": "40"}  # fmt: skip
     # Two training videos: one per training worker (evaluation, which needs val scenes, is full-size only).
-    return {"scenes": 2, "val_fraction": "0", "duration": "2", "qa_cap": "1", "steps": 4, "every": 2}
+    # Enough steps after the first checkpoint that the node is lost mid-run on a fast idle machine too
+    # (4 steps finished in a second there, before the loss).
+    return {"scenes": 2, "val_fraction": "0", "duration": "2", "qa_cap": "1", "steps": 30, "every": 10}
 
 
 WORKERS = ["worker-1", "worker-2"]
