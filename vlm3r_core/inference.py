@@ -25,7 +25,6 @@ widths, ``L`` text tokens.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -65,7 +64,7 @@ def load_model(
     if source in PRESETS:
         config = get_preset(source)
         if cut3r_point_heads:
-            config = config.replace(cut3r=dataclasses.replace(config.cut3r, enable_point_heads=True))
+            config = config.with_cut3r_point_heads()
         model = Vlm3rForConditionalGeneration.from_config(config, components=components)
         processor = Vlm3rProcessor.from_config(config)
     else:

@@ -24,7 +24,6 @@ Shapes: ``B`` videos, ``T`` frames, ``H`` x ``W`` pixels, ``G`` CUT3R input side
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -263,7 +262,7 @@ class TokenEncoder:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         parts = ("vision_tower", "cut3r") if encoder.with_vision_features else ("cut3r",)
         if export_dir is not None:  # point heads for the export; the other CUT3R weights are the same
-            cfg = cfg.replace(cut3r=dataclasses.replace(cfg.cut3r, enable_point_heads=True))
+            cfg = cfg.with_cut3r_point_heads()
         self.model = Vlm3rForConditionalGeneration.from_config(cfg, device=self.device, components=parts)
 
     @torch.inference_mode()

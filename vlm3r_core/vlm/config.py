@@ -169,3 +169,7 @@ class Vlm3rConfig:
 
     def replace(self, **overrides) -> Vlm3rConfig:
         return dataclasses.replace(self, **overrides)
+
+    def with_cut3r_point_heads(self) -> Vlm3rConfig:
+        """This config with CUT3R's point heads on (3D exports); the tokens do not depend on them."""
+        return self.replace(cut3r=dataclasses.replace(self.cut3r, enable_point_heads=True))

@@ -26,7 +26,6 @@ model runs both encoders) or precomputed ``VideoFeatures`` (token shards); both 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -728,7 +727,7 @@ class Vlm3rForConditionalGeneration(nn.Module):
         if cut3r_point_heads and not config.cut3r.enable_point_heads:
             if "cut3r" in stored:
                 raise ValueError(f"{uri}: its CUT3R is stored without point heads, so they cannot be added")
-            config = config.replace(cut3r=dataclasses.replace(config.cut3r, enable_point_heads=True))
+            config = config.with_cut3r_point_heads()
         model = cls.from_config(config, load_base_weights=False, components=components)
         model.load_base_weights([c for c in BASE_COMPONENTS if c in components and c not in stored])
         checkpoint.load_saved_weights(model, uri, meta)
