@@ -15,8 +15,12 @@ the untrained model), or any OpenAI-compatible endpoint::
 An endpoint is asked from the driver (threads, ``--endpoint-concurrency`` requests in flight,
 retries with backoff; no Ray work). For our model, features come from precomputed token shards
 (``--tokens``) or, without it, from the raw videos, which the actors decode and encode themselves;
-``--dtype`` runs it in another dtype than its config's; ``--blind`` answers without the video. The same prompt builder, frame sampling and
-generation path as training and serving are used. Writes ``predictions.jsonl``, ``summary.json``,
+``--dtype`` runs it in another dtype than its config's; ``--blind`` answers without the video;
+``--online`` streams each video's sampled frames one by one through the live-session path (a
+``LiveSession``, as a Serve session does) and asks after the last one (the offline answers, exactly),
+and ``--online-fractions 0.25 0.5 0.75`` also asks when only that much of the video has played
+(``online_curve`` in ``summary.json``, ``plots/online_curve.png``). The same prompt builder, frame
+sampling and generation path as training and serving are used. Writes ``predictions.jsonl``, ``summary.json``,
 ``summary.md`` (with VSI-Bench's chance levels, and the VSI-Bench-Debiased subset when the rows
 say which were pruned or ``--pruned-ids`` is given), ``plots/``, and the run ledger
 ``answers.jsonl`` / ``errors.jsonl`` (questions whose video or inference failed, with the reason)
@@ -56,7 +60,8 @@ def answer_on_ray(cfg: EvalConfig, ray_options: RayOptions, rows: Sequence[Bench
     outputs = ray.data.from_items([asdict(r) for r in rows]).map_batches(
         AnswerQuestions,
         fn_constructor_kwargs={"model": cfg.model, "tokens": cfg.tokens, "device": "cuda" if gpu else "cpu",
-                               "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype, "blind": cfg.blind},  # fmt: skip
+                               "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype, "blind": cfg.blind,
+                               "online": cfg.online},  # fmt: skip
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         **({"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 0.5}),

@@ -84,6 +84,12 @@ class EvalConfig:
         pruned_ids: VSI-Bench-Debiased's ``pruned_ids.txt`` (one question id a line): the summary
             also reports the debiased subset (rows with a ``pruned`` column need no file).
         endpoint: how ``openai:`` models are asked (``vlm3r_core.endpoint.EndpointConfig``).
+        online: stream each video through the live-session path (the sampled frames pushed one by
+            one into a ``LiveSession``, ``vlm3r_core.inference.online_contexts``) and ask after
+            it ends; the answers equal the offline ones on the same frames.
+        online_fractions: with ``online``, also ask each question when only these fractions of
+            its video have played (each in (0, 1)); the summary gets a curve of score against
+            fraction seen (``online_curve`` in ``summary.json``, ``plots/online_curve.png``).
     """
 
     model: str
@@ -102,6 +108,8 @@ class EvalConfig:
     blind: bool = False
     pruned_ids: str | None = None
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    online: bool = False
+    online_fractions: tuple[float, ...] = ()
 
     def __post_init__(self):
         for name in ("num_actors", "batch_size", "max_new_tokens"):
@@ -113,6 +121,13 @@ class EvalConfig:
             parse_endpoint(self.model)
             if self.tokens or self.dtype:
                 raise ValueError("tokens and dtype apply to our own models, not to an openai: endpoint")
+        if self.online and (self.is_endpoint or self.tokens or self.blind):
+            raise ValueError("online streams the raw videos through VLM-3R's live-session path: it takes "
+                             "neither an openai: endpoint, tokens nor blind")  # fmt: skip
+        if self.online_fractions and not self.online:
+            raise ValueError("online_fractions needs online")
+        if any(not 0.0 < f < 1.0 for f in self.online_fractions):
+            raise ValueError(f"online_fractions must each lie in (0, 1), got {list(self.online_fractions)}")
 
     @property
     def is_endpoint(self) -> bool:
@@ -128,6 +143,8 @@ class EvalConfig:
             tags.append(f"frames x{self.endpoint.num_frames}")
         if self.blind:
             tags.append("blind")
+        if self.online:
+            tags.append("online")
         return f"{self.model} [{', '.join(tags)}]" if tags else self.model
 
 
@@ -145,8 +162,10 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
     if not rows:
         raise ValueError(f"no benchmark rows in {cfg.benchmark}")
     answerer = cfg.answerer
+    fractions = sorted(cfg.online_fractions)
     with RunLedger("evaluate", cfg.out, "id", manifest_file="answers.jsonl", accept=lambda r: r.get("model") == answerer) as ledger:
-        by_id = {r.id: r for r in rows}
+        asked = [seen_part(r, f) for r in rows for f in [*fractions, 1.0]]  # a video's questions stay together
+        by_id = {r.id: r for r in asked}
         todo = ledger.plan(by_id)
         if todo and len(todo) < len(rows):
             print(f"[evaluate] resuming: {len(rows) - len(todo)} questions answered by an earlier run, {len(todo)} to go",
@@ -162,9 +181,18 @@ def run_evaluation(cfg: EvalConfig, answer: AnswerFn) -> tuple[RunSummary, dict[
         baseline = read_summary(cfg.baseline) if cfg.baseline else None
         title = cfg.title or answerer
         run = {"model": cfg.model, "answerer": answerer, "benchmark": cfg.benchmark, "split": cfg.split,
-               "dtype": cfg.dtype, "blind": cfg.blind, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit}  # fmt: skip
-        summaries = write_report(cfg.out, records, title, baseline, run=run)
+               "dtype": cfg.dtype, "blind": cfg.blind, "max_new_tokens": cfg.max_new_tokens, "limit": cfg.limit,
+               "online": cfg.online, "online_fractions": fractions}  # fmt: skip
+        curve = None
+        if fractions:
+            by_fraction = {f: score_predictions([seen_part(r, f) for r in rows], answered) for f in fractions}
+            storage.write_jsonl(storage.join(cfg.out, "predictions_online.jsonl"),
+                                [r for f in fractions for r in by_fraction[f]])  # fmt: skip
+            curve = online_curve({**by_fraction, 1.0: records})
+        summaries = write_report(cfg.out, records, title, baseline, run=run, curve=curve)
         print(summary_markdown(summaries, title, baseline, chance_levels_of(records)), flush=True)
+        if curve:
+            print(online_curve_markdown(curve), flush=True)
         scores = {f"{name} official": f"{s.overall_official:.1f}" for name, s in summaries.items()}
         return ledger.close(**scores), summaries
 
@@ -184,6 +212,7 @@ class BenchmarkRow:
     video: str
     frame_indices: tuple[int, ...] = ()
     pruned: bool | None = None  # VSI-Bench-Debiased: removed by Iterative Bias Pruning (None: unknown)
+    seen_fraction: float = 1.0  # online evaluation: asked when this fraction of the video had played
 
     @property
     def video_id(self) -> str:
@@ -316,6 +345,60 @@ def score_predictions(rows: Sequence[BenchmarkRow], outputs: dict[str, str]) -> 
     return records
 
 
+def seen_part(row: BenchmarkRow, fraction: float) -> BenchmarkRow:
+    """``row`` asked when ``fraction`` of its video has played (online evaluation): the same row at
+    1, else one with the id ``<id>@<fraction>`` (its own ledger entry)."""
+    return row if fraction == 1.0 else dataclasses.replace(row, id=f"{row.id}@{fraction:g}", seen_fraction=fraction)
+
+
+def online_curve(by_fraction: dict[float, Sequence[dict]]) -> dict[str, list[dict]]:
+    """Score against fraction of the video seen: per benchmark, one point per fraction (ascending)
+    with ``fraction``, ``official``, ``lenient`` (overall) and ``tasks`` (official per task)."""
+    curve: dict[str, list[dict]] = {}
+    for fraction in sorted(by_fraction):
+        for name, s in summarize_records(by_fraction[fraction]).items():
+            curve.setdefault(name, []).append({
+                "fraction": fraction, "official": s.overall_official, "lenient": s.overall_lenient,
+                "tasks": {t: official for t, (official, _, _) in s.tasks.items()},
+            })  # fmt: skip
+    return curve
+
+
+def online_curve_markdown(curve: dict[str, list[dict]]) -> str:
+    """The curve as a markdown table per benchmark (overall official and lenient per fraction)."""
+    lines = ["## Online: score by fraction of the video seen", ""]
+    for name, points in curve.items():
+        lines += [f"**{name}**", "", "| fraction seen | official | lenient |", "|---|---|---|"]
+        lines += [f"| {p['fraction']:g} | {p['official']:.1f} | {p['lenient']:.1f} |" for p in points]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def online_curve_plot(curve: dict[str, list[dict]], chance: dict[str, ChanceLevels]) -> bytes:
+    """PNG: overall official score against fraction seen, a line per benchmark, with its random-guess
+    chance level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, points in curve.items():
+        (line,) = ax.plot([p["fraction"] for p in points], [p["official"] for p in points], marker="o", label=name)
+        if name in chance and chance[name].chance_overall is not None:
+            ax.axhline(chance[name].chance_overall, color=line.get_color(), ls="--", lw=1,
+                       label=f"{name} chance (random)")  # fmt: skip
+    ax.set_xlabel("fraction of the video seen")
+    ax.set_ylabel("overall score (official)")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 100)
+    ax.set_title("online evaluation: score against video seen")
+    ax.legend(fontsize=8)
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 DEBIASED_SUFFIX = "-debiased"
 
 
@@ -437,12 +520,15 @@ def write_report(
     title: str = "",
     baseline: dict[str, BenchmarkSummary] | None = None,
     run: dict | None = None,
+    curve: dict[str, list[dict]] | None = None,
 ) -> dict[str, BenchmarkSummary]:
     """Writes predictions, summary (JSON + markdown), report.html and plots under ``out``; returns the summary.
 
     ``summary.json`` holds ``title``, ``num_questions``, ``benchmarks`` (per benchmark: overall and
     per task, official and lenient, with counts), ``chance_levels`` (per benchmark, see
-    :func:`vlm3r_core.metrics.chance_levels`) and ``run`` (the settings of the run, when given).
+    :func:`vlm3r_core.metrics.chance_levels`), ``run`` (the settings of the run, when given) and,
+    for an online run asked at fractions of the videos, ``online_curve`` (:func:`online_curve`;
+    also ``plots/online_curve.png`` and a table in ``summary.md``).
     """
     summaries = summarize_records(records)
     chance = chance_levels_of(records)
@@ -450,9 +536,14 @@ def write_report(
     storage.write_json(
         storage.join(out, "summary.json"),
         {"title": title, "num_questions": len(records), "benchmarks": {k: s.to_dict() for k, s in summaries.items()},
-         "chance_levels": {k: c.to_dict() for k, c in chance.items()}, "run": run or {}},  # fmt: skip
+         "chance_levels": {k: c.to_dict() for k, c in chance.items()}, "run": run or {},
+         **({"online_curve": curve} if curve else {})},  # fmt: skip
     )
-    storage.write_text(storage.join(out, "summary.md"), summary_markdown(summaries, title, baseline, chance))
+    markdown = summary_markdown(summaries, title, baseline, chance)
+    if curve:
+        markdown = f"{markdown.rstrip()}\n\n{online_curve_markdown(curve)}"
+        storage.write_bytes(storage.join(out, "plots", "online_curve.png"), online_curve_plot(curve, chance))
+    storage.write_text(storage.join(out, "summary.md"), markdown)
     write_html_report(out, records, summaries, title, baseline)
     by_task: dict[str, list[dict]] = {}
     for r in records:

@@ -6,7 +6,9 @@
   the sampled frames, its length), from token shards (:func:`contexts_from_tokens`), from the
   raw video (:func:`context_from_video`, through the model's one encoder path ``encode_frames``),
   or no video at all (:func:`blind_context`: a text-only run; the prompt's placeholder then
-  stands for zero video tokens and the time line is left out).
+  stands for zero video tokens and the time line is left out), or through the live-session path
+  (:func:`online_contexts`: the sampled frames pushed one by one into a
+  :class:`vlm3r_core.live.LiveSession`, read after all of them and at fractions of the video).
 - :func:`generation_inputs`: questions + their videos -> the chat text batch, the padded video
   features and the prompt length as the LLM sees it, with the user turn built by
   :meth:`Vlm3rProcessor.user_message` (the model's own ``PromptConfig``), the call training makes.
@@ -33,6 +35,7 @@ import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from vlm3r_core.ledger import error_reason
+from vlm3r_core.live import KeyframePolicy, LiveSession
 from vlm3r_core.presets import PRESETS, get_preset
 from vlm3r_core.tokens import iter_video_tokens, read_token_table
 from vlm3r_core.video import read_video
@@ -231,6 +234,45 @@ def context_from_video(
     return VideoContext(feats.to("cpu"), tuple(float(t) for t in video.timestamps), float(video.duration_s))
 
 
+def online_contexts(
+    model: Vlm3rForConditionalGeneration, source: str | bytes, fractions: Sequence[float] = (1.0,)
+) -> dict[float, VideoContext]:
+    """The video as a live stream: the frames the offline sampler picks (T of them) are pushed one
+    by one, in order, into a :class:`~vlm3r_core.live.LiveSession` (no rate limit, K = T, so every
+    pushed frame is a keyframe) and the session is read when a fraction of the video has played.
+
+    After the whole video (fraction 1) the context equals :func:`context_from_video`'s bit for bit
+    on CPU float32 (the live module's equivalence), so the answers are the offline answers. At a
+    fraction f < 1 the session has seen the sampled frames at or before f x duration (at least the
+    first) and the prompt says the video lasts f x duration.
+
+    Args:
+        fractions: each in (0, 1]; 1 is always included.
+
+    Returns:
+        ``{fraction: VideoContext}`` (features on the CPU).
+    """
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must lie in (0, 1], got {list(fractions)}")
+    video = read_video(source, num_samples=model.config.num_frames)
+    timestamps = [float(t) for t in video.timestamps]
+    duration = float(video.duration_s)
+    session = LiveSession(model, KeyframePolicy(max_keyframes=max(2, len(timestamps)), points_per_keyframe=0))
+    # the number of pushed frames after which each fraction is read
+    read_after: dict[int, list[float]] = {}
+    for f in sorted(set(fractions) | {1.0}):
+        seen = len(timestamps) if f == 1.0 else max(1, sum(t <= f * duration for t in timestamps))
+        read_after.setdefault(seen, []).append(f)
+    out: dict[float, VideoContext] = {}
+    with torch.inference_mode():
+        for i, (frame, t) in enumerate(zip(video.frames, timestamps, strict=True)):
+            session.push(frame, t)
+            for f in read_after.get(i + 1, []):
+                live = session.features(duration_s=duration if f == 1.0 else f * duration)
+                out[f] = VideoContext(live.features.to("cpu"), live.timestamps, live.duration_s)
+    return out
+
+
 def blind_context(model: Vlm3rForConditionalGeneration) -> VideoContext:
     """No video: zero frames (a text-only run; see the module docstring)."""
     cfg = model.config
@@ -269,18 +311,27 @@ class AnswerQuestions:
         max_new_tokens: answer length limit.
         dtype: run in this dtype instead of the model config's (see :func:`load_model`).
         blind: answer without the video (text only; see :func:`blind_context`).
+        online: stream each video through the live-session path (:func:`online_contexts`) and
+            answer each row after its ``seen_fraction`` (default 1: the whole video) has played.
     """
 
     def __init__(self, model: str, tokens: str | None = None, device: str = "cpu", max_new_tokens: int = 16,
-                 dtype: str | None = None, blind: bool = False):  # fmt: skip
+                 dtype: str | None = None, blind: bool = False, online: bool = False):  # fmt: skip
+        if online and (tokens or blind):
+            raise ValueError("online answering streams the raw videos: it takes neither tokens nor blind")
         self.device = torch.device(device)
         self.model, self.processor = load_model(model, self.device, dtype=dtype)
         self.tokens = tokens
         self.max_new_tokens = max_new_tokens
         self.blind = blind
+        self.online = online
+
+    def _context_key(self, row: dict) -> str:
+        """Which context a row is answered with: its video, and online also how much of it was seen."""
+        return f"{row['video_id']}@{float(row.get('seen_fraction', 1.0)):g}" if self.online else row["video_id"]
 
     def _load_videos(self, rows: list[dict]) -> tuple[dict[str, VideoContext], dict[str, str]]:
-        """Contexts per video id, and the reason for every video that failed."""
+        """Contexts per context key, and the reason for every video that failed (per video id)."""
         ids = sorted({r["video_id"] for r in rows})
         if self.blind:
             return {i: blind_context(self.model) for i in ids}, {}
@@ -291,20 +342,26 @@ class AnswerQuestions:
         uri_of = {r["video_id"]: r["video"] for r in rows}
         for video_id in ids:
             try:
-                videos[video_id] = context_from_video(self.model, self.processor, uri_of[video_id])
+                if self.online:
+                    fractions = {float(r.get("seen_fraction", 1.0)) for r in rows if r["video_id"] == video_id}
+                    for f, context in online_contexts(self.model, uri_of[video_id], sorted(fractions)).items():
+                        videos[f"{video_id}@{f:g}"] = context
+                else:
+                    videos[video_id] = context_from_video(self.model, self.processor, uri_of[video_id])
             except (OSError, ValueError) as e:  # VideoDecodeError is a ValueError
                 errors[video_id] = error_reason(e)
         return videos, errors
 
     def _answer(self, rows: list[dict], videos: dict[str, VideoContext]) -> list[str]:
         questions = [Question(r["question"], tuple(r["options"])) for r in rows]
-        inputs = generation_inputs(self.model, self.processor, questions, [videos[r["video_id"]] for r in rows])
+        contexts = [videos[self._context_key(r)] for r in rows]
+        inputs = generation_inputs(self.model, self.processor, questions, contexts)
         return self.processor.batch_decode(generate(self.model, inputs, self.max_new_tokens))
 
     def answer(self, rows: list[dict]) -> list[tuple[str | None, str | None]]:
         """(prediction, error) per row; rows are dicts with BenchmarkRow fields and ``video_id``."""
         videos, errors = self._load_videos(rows)
-        ok = [r for r in rows if r["video_id"] in videos]
+        ok = [r for r in rows if self._context_key(r) in videos]
         results: dict[str, tuple[str | None, str | None]] = {}
         if ok:
             try:

@@ -160,3 +160,60 @@ def test_a_bf16_model_folder_evaluates_from_raw_video_and_its_model_card_gets_th
     assert main([*argv[:-2], "--blind", "--title", "bf16 blind", "--out", out]) == 0
     assert {a["model"] for a in storage.read_jsonl(out + "/answers.jsonl")} == {f"{model_dir} [blind]"}
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["run"]["blind"] is True
+
+
+def test_online_contexts_equal_the_offline_context_after_the_whole_video(video):
+    """The live-session path on the sampled frames gives the offline features bit for bit (CPU fp32);
+    halfway it holds the frames played so far and says the video lasted half as long."""
+    from vlm3r_core.inference import context_from_video, load_model, online_contexts
+
+    model, processor = load_model("tiny")
+    offline = context_from_video(model, processor, video)
+    online = online_contexts(model, video, (0.5,))
+    assert sorted(online) == [0.5, 1.0]
+    end = online[1.0]
+    assert end.timestamps == offline.timestamps and end.duration_s == offline.duration_s
+    for name in ("vision_features", "camera_tokens", "patch_tokens", "frame_mask"):
+        assert torch.equal(getattr(end.features, name), getattr(offline.features, name)), name
+    half = online[0.5]
+    seen = [t for t in offline.timestamps if t <= 0.5 * offline.duration_s]
+    assert 0 < len(seen) < len(offline.timestamps) and half.timestamps == tuple(seen)
+    assert half.duration_s == 0.5 * offline.duration_s
+    assert torch.equal(half.features.camera_tokens, offline.features.camera_tokens[:, : len(seen)])  # causal
+    with pytest.raises(ValueError, match=r"fractions must lie in \(0, 1\]"):
+        online_contexts(model, video, (0.0,))
+
+
+def test_online_evaluation_answers_like_offline_and_plots_the_score_against_video_seen(ray_local, tmp_path, video,
+                                                                                      capsys):  # fmt: skip
+    out = str(tmp_path / "online")
+    argv = ["--model", "tiny", "--benchmark", _benchmark(tmp_path, _rows(video)), "--out", out, "--online",
+            "--online-fractions", "0.5", "0.25"]  # fmt: skip
+    assert main(argv) == 0  # q2's video is gone: recorded in errors.jsonl, the rest answered
+    predictions = storage.read_jsonl(out + "/predictions.jsonl")
+    offline = AnswerQuestions("tiny").answer([dict(r, video_id=f"{r['dataset']}/{r['scene_name']}") for r in _rows(video)])
+    assert [p["prediction"] for p in predictions] == [p for p, _ in offline]  # the end answers are the offline ones
+    partial = storage.read_jsonl(out + "/predictions_online.jsonl")
+    assert [(p["id"], p["seen_fraction"]) for p in partial] == [
+        ("q0@0.25", 0.25), ("q1@0.25", 0.25), ("q2@0.25", 0.25), ("q0@0.5", 0.5), ("q1@0.5", 0.5), ("q2@0.5", 0.5)]
+    assert all(isinstance(p["prediction"], str) for p in partial if not p["id"].startswith("q2"))
+    summary = json.loads((tmp_path / "online" / "summary.json").read_text())
+    assert summary["run"]["online"] and summary["run"]["answerer"] == "tiny [online]"
+    curve = summary["online_curve"]["vsibench"]
+    assert [p["fraction"] for p in curve] == [0.25, 0.5, 1.0]
+    assert curve[-1]["official"] == summary["benchmarks"]["vsibench"]["overall"]["official"]
+    assert (tmp_path / "online" / "plots" / "online_curve.png").stat().st_size > 1000
+    assert "Online: score by fraction of the video seen" in (tmp_path / "online" / "summary.md").read_text()
+    errors = storage.read_jsonl(out + "/errors.jsonl")
+    assert sorted(e["id"] for e in errors) == ["q2", "q2@0.25", "q2@0.5"]
+    capsys.readouterr()
+    assert main(argv) == 0  # a re-run answers nothing again and gives the same verdict
+    assert "[evaluate] 0 done, 6 already done, 3 failed of 9" in capsys.readouterr().out
+
+
+def test_online_refuses_what_it_cannot_stream(tmp_path, video, capsys):
+    bench = _benchmark(tmp_path, _rows(video))
+    for extra, message in ((["--blind"], "neither an openai: endpoint, --tokens nor --blind"),
+                           (["--online-fractions", "1.0"], "must each lie in (0, 1)")):  # fmt: skip
+        assert main(["--model", "tiny", "--benchmark", bench, "--out", str(tmp_path / "x"), "--online", *extra]) == 1
+        assert message in capsys.readouterr().err
