@@ -1,4 +1,5 @@
-"""Live sessions over a long stream: encoder latency per frame and session memory, early against late.
+"""Live sessions over a long stream: encoder latency per frame, session memory and question latency,
+early against late; and many sessions on one replica against one.
 
     python benchmarks/bench_stream.py                         # tiny, 2000 frames, CPU, fp32
     python benchmarks/bench_stream.py --frames 20000 --keyframes 32
@@ -14,6 +15,16 @@ same session early in the stream.
   ratio late/early are printed, and the in-stream medians of frames 10.. and of the last frames.
 - Memory: the session's bytes (`memory_bytes`) at their peak in the first quarter after warm-up
   against the last quarter, and the bound (`memory_bound_bytes`).
+- Questions mid-stream: from the same two snapshots, after the push, a question is answered
+  through the one generation path (`vlm3r_core.inference`: the session's features, the prompt,
+  greedy decoding of `--answer-tokens` tokens), timed interleaved like the pushes. The prompt holds
+  T <= K keyframes, so its cost is bounded whatever the stream's length.
+- Sessions in parallel per replica: `--sessions` S sessions on the one model (one replica's
+  encoders) take a push each in turn, S pushes per round, against S pushes into a single session
+  in the same round (the order of the two sides alternates by round) for `--parallel-rounds`
+  rounds. Their per-push medians and ratio say what S open sessions cost beyond their frames;
+  with the memory of the S sessions this gives how many sessions a replica holds at a given
+  update rate (`--session-fps`) per CPU core (or per GPU).
 
 A recurrent state of fixed size and a bounded keyframe set should keep both ratios near 1
 (target: within 20%). Timings are wall clock around `push` on CUDA (synchronised); on the CPU they
@@ -30,9 +41,10 @@ import time
 import numpy as np
 import torch
 
+from vlm3r_core.inference import Question, VideoContext, generate, generation_inputs, load_model
 from vlm3r_core.live import KeyframePolicy, LiveSession
-from vlm3r_core.presets import PRESETS, get_preset
-from vlm3r_core.vlm import Vlm3rForConditionalGeneration
+from vlm3r_core.presets import PRESETS
+from vlm3r_core.vlm import Vlm3rForConditionalGeneration, Vlm3rProcessor
 
 
 def synthetic_stream(count: int, height: int, width: int, seed: int = 0):
@@ -43,21 +55,56 @@ def synthetic_stream(count: int, height: int, width: int, seed: int = 0):
         yield texture[dy : dy + height, dx : dx + width]
 
 
-def timed_push(session: LiveSession, frame: np.ndarray, timestamp_s: float, device: torch.device) -> float:
-    """Seconds of one `push`: wall clock with CUDA synchronised, CPU time of the process on the CPU."""
+def timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``: wall clock with CUDA synchronised, CPU time of the process on the CPU."""
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     start = clock()
-    session.push(frame, timestamp_s)
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return clock() - start
 
 
+def timed_push(session: LiveSession, frame: np.ndarray, timestamp_s: float, device: torch.device) -> float:
+    """Seconds of one `push` (see `timed`)."""
+    return timed(lambda: session.push(frame, timestamp_s), device)
+
+
+QUESTION = Question("How many chair(s) are in this room?")
+
+
+def ask(model: Vlm3rForConditionalGeneration, processor: Vlm3rProcessor, session: LiveSession, tokens: int) -> None:
+    """Answers one question about what ``session`` has seen (the serving path without HTTP)."""
+    live = session.features()
+    context = VideoContext(live.features, live.timestamps, live.duration_s)
+    generate(model, generation_inputs(model, processor, [QUESTION], [context]), tokens)
+
+
+def parallel_sessions(model, policy: KeyframePolicy, args: argparse.Namespace, device: torch.device) -> dict:
+    """S sessions taking a push each in turn against S pushes into one session, interleaved by round."""
+    frames = list(synthetic_stream(args.parallel_rounds * args.sessions, args.height, args.width, seed=1))
+    many = [LiveSession(model, policy, session_id=f"s{i}") for i in range(args.sessions)]
+    one = LiveSession(model, policy)
+    times: dict[str, list[float]] = {"many": [], "one": []}
+    for r in range(args.parallel_rounds):
+        chunk = frames[r * args.sessions : (r + 1) * args.sessions]
+        sides = [("many", many), ("one", [one] * args.sessions)]
+        for name, targets in sides if r % 2 == 0 else sides[::-1]:
+            for i, (session, frame) in enumerate(zip(targets, chunk, strict=True)):
+                t = (r if name == "many" else r * args.sessions + i) / args.fps
+                times[name].append(timed_push(session, frame, t, device))
+    return {
+        "many_ms": 1000 * statistics.median(times["many"]),
+        "one_ms": 1000 * statistics.median(times["one"]),
+        "many_bytes": sum(s.memory_bytes() for s in many),
+        "bound_bytes": LiveSession.memory_bound_bytes(model, policy),
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    config = get_preset(args.preset)
-    model = Vlm3rForConditionalGeneration.from_config(config, device=device, components=("vision_tower", "cut3r"))
+    model, processor = load_model(args.preset, device)  # the whole model: the questions need the LLM
     policy = KeyframePolicy(max_keyframes=args.keyframes)
     session = LiveSession(model, policy)
     latencies, held, probes = [], [], {}
@@ -68,9 +115,14 @@ def run(args: argparse.Namespace) -> dict:
         latencies.append(timed_push(session, frame, i / args.fps, device))
         held.append(session.memory_bytes())
     repeated = {"early": [], "late": []}
+    asked: dict[str, list[float]] = {"early": [], "late": []}
+    keyframes_asked = {}
     for _ in range(args.repeats):
         for which, (snapshot, frame, timestamp) in probes.items():
-            repeated[which].append(timed_push(LiveSession.restore(model, snapshot), frame, timestamp, device))
+            restored = LiveSession.restore(model, snapshot)
+            repeated[which].append(timed_push(restored, frame, timestamp, device))
+            asked[which].append(timed(lambda s=restored: ask(model, processor, s, args.answer_tokens), device))
+            keyframes_asked[which] = len(restored.keyframes)
     warm = min(2 * args.keyframes + 1, n // 4)  # the keyframe set fills up and is first thinned
     early_bytes, late_bytes = max(held[warm : max(warm + 1, n // 4)]), max(held[3 * n // 4 :])
     return {
@@ -84,6 +136,10 @@ def run(args: argparse.Namespace) -> dict:
         "keyframes": len(session.keyframes),
         "stride": session.stride,
         "snapshot_bytes": len(session.snapshot()),
+        "ask_early_ms": 1000 * statistics.median(asked["early"]),
+        "ask_late_ms": 1000 * statistics.median(asked["late"]),
+        "ask_keyframes": keyframes_asked,
+        **parallel_sessions(model, policy, args, device),
     }
 
 
@@ -99,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--answer-tokens", type=int, default=8, help="tokens decoded per question")
+    parser.add_argument("--sessions", type=int, default=8, help="S sessions on one replica (the default max_sessions_per_replica)")
+    parser.add_argument("--parallel-rounds", type=int, default=32, help="rounds of S pushes per side")
+    parser.add_argument("--session-fps", type=float, default=2.0, help="updates per second per session for the capacity line")
     args = parser.parse_args(argv)
     if args.window is None:
         args.window = max(1, min(10, (args.frames - 10) // 2))
@@ -106,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--frames must be at least 10 + 2 * --window (>= 1), got {args.frames} and {args.window}")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if min(args.answer_tokens, args.sessions, args.parallel_rounds) < 1 or args.session_fps <= 0:
+        parser.error("--answer-tokens, --sessions and --parallel-rounds must be >= 1, --session-fps > 0")
 
     r = run(args)
     n, w = args.frames, args.window
@@ -124,6 +186,22 @@ def main(argv: list[str] | None = None) -> int:
         f"late/early {r['late_bytes'] / r['early_bytes']:.3f}; bound {r['bound_bytes']:,}"
     )
     print(f"at the end: {r['keyframes']} keyframes, stride {r['stride']}, snapshot {r['snapshot_bytes']:,} bytes")
+    k = r["ask_keyframes"]
+    print(
+        f"question mid-stream ({args.answer_tokens} tokens, median of {args.repeats}, interleaved): after frame 10 "
+        f"(T={k['early']}) {r['ask_early_ms']:.1f} ms, after frame {n - 1} (T={k['late']}) {r['ask_late_ms']:.1f} ms, "
+        f"late/early {r['ask_late_ms'] / r['ask_early_ms']:.3f}"
+    )
+    s = args.sessions
+    print(
+        f"{s} sessions in parallel on one replica (median per push of {args.parallel_rounds * s}, interleaved by round): "
+        f"{r['many_ms']:.2f} ms against one session {r['one_ms']:.2f} ms, {s} sessions/one {r['many_ms'] / r['one_ms']:.3f}"
+    )
+    unit = "GPU" if args.device.startswith("cuda") else "CPU core"
+    print(
+        f"capacity: {1000 / (r['many_ms'] * args.session_fps):.1f} sessions per {unit} at {args.session_fps:g} updates/s; "
+        f"{s} sessions hold {r['many_bytes']:,} bytes now, at most {s * r['bound_bytes']:,} ({r['bound_bytes']:,} each)"
+    )
     return 0
 
 

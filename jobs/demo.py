@@ -109,6 +109,11 @@ def stages(cfg: DemoConfig) -> list[Stage]:
               [py, "jobs/evaluate.py", "--model", f"{d}/runs/tiny/model", "--benchmark", bench, "--tokens", tokens,
                "--out", f"{d}/eval/trained", "--title", "trained tiny", "--baseline", f"{d}/eval/untrained/summary.json"],
               outputs=("eval/trained",)),
+        Stage("evaluate_online", "online evaluation: each val video streamed frame by frame into a live session, "
+              "asked at 25, 50, 75 and 100% of it",
+              [py, "jobs/evaluate.py", "--model", f"{d}/runs/tiny/model", "--benchmark", bench, "--out", f"{d}/eval/online",
+               "--title", "trained tiny, online", "--online", "--online-fractions", "0.25", "0.5", "0.75"],
+              outputs=("eval/online",)),
         Stage("grpo", f"reinforcement: {cfg.grpo_steps} GRPO steps from the trained model, rewards from the official scorer",
               [py, "jobs/train.py", "--method", "grpo", "--init-model", f"{d}/runs/tiny/model", "--qa", f"{d}/qa/benchmark/train",
                "--tokens", tokens, "--out", f"{d}/runs/tiny-grpo", "--preset", "tiny", "--num-workers", "1",
@@ -227,6 +232,16 @@ def _eval_table(cfg: DemoConfig) -> list[str]:
     return lines
 
 
+def _online_line(cfg: DemoConfig) -> str:
+    """The online evaluation's score against fraction of the video seen, one line per benchmark."""
+    uri = Path(f"{cfg.data}/eval/online/summary.json")
+    curve = json.loads(uri.read_text()).get("online_curve", {}) if uri.exists() else {}
+    lines = [f"  {bench:<12}" + ", ".join(f"{p['fraction']:.0%} seen {p['official']:.1f}" for p in points)
+             for bench, points in curve.items()]  # fmt: skip
+    return "\n".join(["Online (trained, videos streamed into live sessions; plot: eval/online/plots/online_curve.png):",
+                       *lines]) if lines else ""  # fmt: skip
+
+
 def demo(cfg: DemoConfig) -> int:
     data = Path(cfg.data)
     logs = data / "logs"
@@ -252,6 +267,9 @@ def demo(cfg: DemoConfig) -> int:
     if table:
         print("Official scores on the val questions (report: eval/trained/report.html):")
         print("\n".join(table))
+    curve = _online_line(cfg)
+    if curve:
+        print(curve)
     ask = results[-1].extra
     print(f"Asked the served model about {cfg.video}: {ask['question']}")
     print(f"  ground truth: {ask['truth']}   answer about the whole video: {_short(ask['answer'] or '(none)', 40)}")
