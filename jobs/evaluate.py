@@ -61,7 +61,7 @@ def answer_on_ray(cfg: EvalConfig, ray_options: RayOptions, rows: Sequence[Bench
         AnswerQuestions,
         fn_constructor_kwargs={"model": cfg.model, "tokens": cfg.tokens, "device": "cuda" if gpu else "cpu",
                                "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype, "blind": cfg.blind,
-                               "online": cfg.online},  # fmt: skip
+                               "online": cfg.online, "online_fractions": cfg.online_fractions},  # fmt: skip
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         **({"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 0.5}),

@@ -27,6 +27,7 @@ widths, ``L`` text tokens.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -313,10 +314,19 @@ class AnswerQuestions:
         blind: answer without the video (text only; see :func:`blind_context`).
         online: stream each video through the live-session path (:func:`online_contexts`) and
             answer each row after its ``seen_fraction`` (default 1: the whole video) has played.
+        online_fractions: the fractions rows may ask for besides 1 (each video is streamed once
+            for all of them).
+
+    Raw videos are decoded and encoded once per call for the rows that need them; the contexts of
+    the last ``CACHED_VIDEOS`` videos are kept, so a video whose questions span consecutive
+    batches (as benchmark files order them) is not encoded again.
     """
 
+    CACHED_VIDEOS = 2
+
     def __init__(self, model: str, tokens: str | None = None, device: str = "cpu", max_new_tokens: int = 16,
-                 dtype: str | None = None, blind: bool = False, online: bool = False):  # fmt: skip
+                 dtype: str | None = None, blind: bool = False, online: bool = False,
+                 online_fractions: Sequence[float] = ()):  # fmt: skip
         if online and (tokens or blind):
             raise ValueError("online answering streams the raw videos: it takes neither tokens nor blind")
         self.device = torch.device(device)
@@ -325,6 +335,22 @@ class AnswerQuestions:
         self.max_new_tokens = max_new_tokens
         self.blind = blind
         self.online = online
+        self.online_fractions = tuple(sorted({*online_fractions, 1.0}))
+        self._cache: OrderedDict[str, dict[str, VideoContext]] = OrderedDict()  # video id -> its contexts by key
+
+    def _video_contexts(self, video_id: str, uri: str) -> dict[str, VideoContext]:
+        """The contexts of one raw video by context key (online: one per fraction), cached."""
+        if video_id in self._cache:
+            self._cache.move_to_end(video_id)
+            return self._cache[video_id]
+        if self.online:
+            contexts = {f"{video_id}@{f:g}": c for f, c in online_contexts(self.model, uri, self.online_fractions).items()}
+        else:
+            contexts = {video_id: context_from_video(self.model, self.processor, uri)}
+        self._cache[video_id] = contexts
+        while len(self._cache) > self.CACHED_VIDEOS:
+            self._cache.popitem(last=False)
+        return contexts
 
     def _context_key(self, row: dict) -> str:
         """Which context a row is answered with: its video, and online also how much of it was seen."""
@@ -342,12 +368,7 @@ class AnswerQuestions:
         uri_of = {r["video_id"]: r["video"] for r in rows}
         for video_id in ids:
             try:
-                if self.online:
-                    fractions = {float(r.get("seen_fraction", 1.0)) for r in rows if r["video_id"] == video_id}
-                    for f, context in online_contexts(self.model, uri_of[video_id], sorted(fractions)).items():
-                        videos[f"{video_id}@{f:g}"] = context
-                else:
-                    videos[video_id] = context_from_video(self.model, self.processor, uri_of[video_id])
+                videos.update(self._video_contexts(video_id, uri_of[video_id]))
             except (OSError, ValueError) as e:  # VideoDecodeError is a ValueError
                 errors[video_id] = error_reason(e)
         return videos, errors
@@ -373,7 +394,8 @@ class AnswerQuestions:
                         results[r["id"]] = (self._answer([r], videos)[0], None)
                     except (ValueError, RuntimeError) as e:
                         results[r["id"]] = (None, error_reason(e))
-        return [results.get(r["id"], (None, errors.get(r["video_id"]))) for r in rows]
+        missing = "no context for this row (an online row whose seen_fraction is not among online_fractions)"
+        return [results.get(r["id"], (None, errors.get(r["video_id"], missing))) for r in rows]
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, list]:
         n = len(batch["id"])

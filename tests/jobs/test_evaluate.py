@@ -217,3 +217,18 @@ def test_online_refuses_what_it_cannot_stream(tmp_path, video, capsys):
                            (["--online-fractions", "1.0"], "must each lie in (0, 1)")):  # fmt: skip
         assert main(["--model", "tiny", "--benchmark", bench, "--out", str(tmp_path / "x"), "--online", *extra]) == 1
         assert message in capsys.readouterr().err
+
+
+def test_a_video_whose_questions_span_batches_is_streamed_once(video, monkeypatch):
+    from vlm3r_core import inference
+
+    calls = []
+    real = inference.online_contexts
+    monkeypatch.setattr(inference, "online_contexts", lambda *a: calls.append(a[2]) or real(*a))
+    answerer = AnswerQuestions("tiny", online=True, online_fractions=(0.5,))
+    rows = [dict(r, video_id="synthetic/syn-0") for r in _rows(video)[:2]]
+    first = answerer.answer([dict(rows[0], seen_fraction=0.5), rows[0]])
+    second = answerer.answer([rows[1], dict(rows[1], id="q1@0.3", seen_fraction=0.3)])
+    assert calls == [(0.5, 1.0)]  # one stream for both batches and both fractions
+    assert all(p is not None and e is None for p, e in first + second[:1])
+    assert second[1] == (None, "no context for this row (an online row whose seen_fraction is not among online_fractions)")
