@@ -122,3 +122,38 @@ def ray_local(moto_endpoint):
     yield ray
     ray.shutdown()
 
+
+
+def _serve_running() -> bool:
+    """Whether a Ray Serve controller runs on the connected Ray (``serve.status()`` would start one)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_local):
+    """Ray Serve on the session's Ray with its HTTP proxy on a loopback port, shared by the modules
+    that deploy an app (each deletes its own apps when done): starting and stopping Serve costs about
+    13 s on 2 cores, which every such module paid. Returns a callable giving the port; it starts
+    Serve again when something else (a benchmark's ``main``) shut it down. Shut down after the session."""
+    from ray import serve
+
+    state: dict[str, int] = {}
+
+    def port() -> int:
+        if "port" not in state or not _serve_running():
+            if _serve_running():  # started by someone else, on a port we do not know
+                serve.shutdown()
+            state["port"] = free_loopback_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": state["port"]})
+        return state["port"]
+
+    yield port
+    if _serve_running():
+        serve.shutdown()

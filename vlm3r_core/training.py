@@ -252,13 +252,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def import_deepspeed():
+    """DeepSpeed, with its CPU shared-memory all-reduce op switched off (engines, exports and the
+    single-process group are made through this, before DeepSpeed's communication backend starts).
+
+    On the CPU accelerator, DeepSpeed's communication backend JIT-compiles that op on its first use
+    on a machine (about a minute) and loads it in every worker (about 3 s per worker group start).
+    It only serves ``inference_all_reduce`` of tensor-parallel inference (``deepspeed.module_inject``),
+    which training never calls: ZeRO's collectives go through ``torch.distributed`` (gloo on the
+    CPU, NCCL on GPUs). Marking it incompatible is DeepSpeed's own switch for a platform without it.
+    """
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    return deepspeed
+
+
 @contextlib.contextmanager
 def single_process_group(backend: str = "gloo") -> Iterator[None]:
     """``torch.distributed`` with this process as its only rank, as a DeepSpeed engine needs, for
     benchmarks, tools and tests that run outside Ray Train; removed on exit if this call made it
     (with DeepSpeed's cached copy of its world group, so a later group works, and the rank
     variables it set)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
     import deepspeed.utils.groups
 
     if dist.is_initialized():
@@ -347,7 +366,7 @@ def build_engine(cfg: TrainConfig, model: torch.nn.Module):
     The learning rate is set by :func:`train_step` from :func:`lr_at`, so no scheduler is given to
     DeepSpeed. Ray Train (or the caller) has already set up ``torch.distributed``.
     """
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -558,7 +577,7 @@ def export_model(engine, processor: Vlm3rProcessor, uri: str) -> None:
 
     Called on every rank: under ZeRO-3 the trainable weights are gathered first; rank 0 writes.
     """
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     model = engine.module
     gather = engine.zero_optimization_stage() == 3

@@ -33,7 +33,7 @@ def local_cluster(request, moto_endpoint):
     try:
         yield cluster
     finally:
-        lc.down(cluster)
+        lc.down(cluster, grace_s=5.0)  # SIGKILL what is left after 5 s (20 s by default)
         if request.session.testsfailed == failed_before:
             shutil.rmtree(state, ignore_errors=True)
         else:

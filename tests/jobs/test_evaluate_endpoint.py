@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from jobs.evaluate import main
-from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 from vlm3r_core.inference import AnswerQuestions
 from vlm3r_core.presets import get_preset
@@ -27,8 +26,8 @@ API_KEY = "endpoint-test-key"
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, tmp_path_factory):
-    """(base_url, model folder) of a running app; shut down after the module."""
+def served(serve_port, tmp_path_factory):
+    """(base_url, model folder) of a running app; deleted after the module."""
     from ray import serve
 
     from serve_apps.app import build_app
@@ -38,13 +37,11 @@ def served(ray_local, tmp_path_factory):
     model_dir = str(root / "model")
     config = get_preset("tiny", num_frames=8, dtype="bfloat16")
     Vlm3rForConditionalGeneration.from_config(config).save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port()
     serve.run(build_app(Vlm3rArgs(model=model_dir, api_keys=(API_KEY,), request_timeout_s=120.0)),
               name="vlm3r-endpoint", route_prefix="/")  # fmt: skip
     yield f"http://127.0.0.1:{port}/v1", model_dir
     serve.delete("vlm3r-endpoint")
-    serve.shutdown()
 
 
 def _benchmark(root) -> str:

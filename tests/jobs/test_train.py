@@ -96,10 +96,13 @@ def test_parse_args_maps_every_flag_onto_the_config(tmp_path, monkeypatch):
     assert train.main(["--qa", "q", "--tokens", "t", "--out", "o", "--zero-stage", "1"]) == 1
 
 
-def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_run_exits(ray_local, tmp_path, capsys):
+def test_train_lowers_the_loss_exports_the_model_resumes_exactly_from_s3_and_a_finished_run_exits(
+    ray_local, moto_s3, monkeypatch, tmp_path, capsys, record_property
+):
     qa, tokens = write_inputs(str(tmp_path / "data"))
     out = str(tmp_path / "run")
-    args = ["--qa", qa, "--tokens", tokens, "--out", out, "--run-name", "local", "--checkpoint-every", "4", *COMMON]
+    common = ["--qa", qa, "--tokens", tokens, "--checkpoint-every", "4", *COMMON]
+    args = [*common, "--out", out, "--run-name", "local"]
 
     assert train.main([*args, "--max-steps", "8"]) == 0
     rows = storage.read_jsonl(f"{out}/metrics.jsonl")
@@ -113,6 +116,26 @@ def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_
     card = storage.read_text(f"{out}/model/README.md")  # the model card: data, steps, batch, hardware, wall time
     assert "| steps | 8 of 8 |" in card and "| batch | 8 = 2 workers x 2 x 2 accumulation |" in card
     assert "96 used, 1 without tokens" in card and "6 videos" in card and "| hardware | 2 x 0.5 CPU |" in card
+
+    # The same run on S3, interrupted: every worker raises before step 6; the group restarts from the
+    # checkpoint of step 4 (on S3), trains step 5 again on the same batches with the same dropout, and
+    # goes on to step 8 with the very losses of the run above.
+    monkeypatch.setenv(FAIL_AT_STEP_ENV, "6")
+    s3 = f"{moto_s3}/runs/exp"
+    assert train.main([*common, "--out", s3, "--run-name", "s3run", "--max-steps", "8"]) == 0
+    monkeypatch.delenv(FAIL_AT_STEP_ENV)
+    s3_rows = storage.read_jsonl(f"{s3}/metrics.jsonl")
+    assert [(r["step"], r["resumed_from_step"]) for r in s3_rows] == [(4, None), (8, 4)]
+    assert s3_rows[-1]["samples_seen"] == 8 * SAMPLES_PER_STEP  # no step counted twice, none lost
+    record_property("step_losses", {"straight": step_losses(out), "interrupted": step_losses(s3)})
+    assert step_losses(s3) == step_losses(out)  # bit-identical, step by step
+    assert len(set(step_losses(s3))) == 8
+    checkpoints = storage.list_files(f"{s3}/checkpoints/s3run")
+    assert any(f.endswith("mp_rank_00_model_states.pt") for f in checkpoints)
+    for rank in (0, 1):  # every rank's optimiser shard and random state
+        assert any(f.endswith(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt") for f in checkpoints)
+        assert any(f.endswith(f"rng/rank-{rank}.pt") for f in checkpoints)
+    assert Vlm3rForConditionalGeneration.from_pretrained(f"{s3}/model").config.name == "tiny"
 
     # A second run with the same name continues from the last checkpoint.
     assert train.main([*args, "--max-steps", "12"]) == 0
@@ -129,33 +152,6 @@ def test_train_lowers_the_loss_exports_the_model_a_rerun_resumes_and_a_finished_
     assert time.monotonic() - started < 5
     assert "local: already finished at step 12 (max_steps=12), nothing to do" in capsys.readouterr().out
     assert {f: (tmp_path / f).stat().st_mtime_ns for f in storage.list_files(out)} == stamps
-
-
-def test_an_interrupted_run_resumes_from_s3_and_replays_the_lost_steps_exactly(ray_local, moto_s3, monkeypatch,
-                                                                               record_property):
-    qa, tokens = write_inputs(f"{moto_s3}/data")
-    args = ["--qa", qa, "--tokens", tokens, "--max-steps", "4", "--checkpoint-every", "2", *COMMON]
-
-    straight = f"{moto_s3}/runs/straight"
-    assert train.main([*args, "--out", straight, "--run-name", "straight"]) == 0
-
-    # Every worker raises before step 4; the group restarts from the checkpoint of step 2 (on S3),
-    # trains step 3 again on the same batches with the same dropout, and goes on to step 4.
-    monkeypatch.setenv(FAIL_AT_STEP_ENV, "4")
-    out = f"{moto_s3}/runs/exp"
-    assert train.main([*args, "--out", out, "--run-name", "s3run"]) == 0
-    rows = storage.read_jsonl(f"{out}/metrics.jsonl")
-    assert [(r["step"], r["resumed_from_step"]) for r in rows] == [(2, None), (4, 2)]
-    assert rows[-1]["samples_seen"] == 4 * SAMPLES_PER_STEP  # no step counted twice, none lost
-    record_property("step_losses", {"straight": step_losses(straight), "interrupted": step_losses(out)})
-    assert step_losses(out) == step_losses(straight)  # bit-identical, step by step
-    assert len(set(step_losses(out))) == 4
-    checkpoints = storage.list_files(f"{out}/checkpoints/s3run")
-    assert any(f.endswith("mp_rank_00_model_states.pt") for f in checkpoints)
-    for rank in (0, 1):  # every rank's optimiser shard and random state
-        assert any(f.endswith(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt") for f in checkpoints)
-        assert any(f.endswith(f"rng/rank-{rank}.pt") for f in checkpoints)
-    assert Vlm3rForConditionalGeneration.from_pretrained(f"{out}/model").config.name == "tiny"
 
 
 # GRPO (--method grpo) ------------------------------------------------------------------------------------

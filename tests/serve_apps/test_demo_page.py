@@ -19,7 +19,6 @@ import requests
 
 from datagen.qa import BENCHMARK_SCHEMA, QAConfig, assign_letters, generate_scene_rows
 from datagen.synthetic.world import SyntheticConfig, write_synthetic_scene
-from serve_apps.ports import free_loopback_port
 from tests.browser import non_background_pixels, requires_chromium, save_screenshots, start_chromium
 from vlm3r_core import storage
 from vlm3r_core.point_cloud import PointCloud, scene_point_cloud
@@ -46,7 +45,7 @@ class DemoService:
 
 
 @pytest.fixture(scope="module")
-def demo(ray_local, tmp_path_factory):
+def demo(serve_port, tmp_path_factory):
     from ray import serve
 
     from serve_apps.app import build_app
@@ -66,11 +65,10 @@ def demo(ray_local, tmp_path_factory):
     model.save_pretrained(model_dir, Vlm3rProcessor.from_config(config))
     args = Vlm3rArgs(model=model_dir, api_keys=(API_KEY,), demo_videos=str(root), default_max_tokens=8,
                      cut3r_point_heads=True)  # fmt: skip
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port()
     serve.run(build_app(args), name=APP, route_prefix="/")
     yield DemoService(f"http://127.0.0.1:{port}", root, Path(video))
-    serve.shutdown()
+    serve.delete(APP)
 
 
 def test_demo_routes(demo):

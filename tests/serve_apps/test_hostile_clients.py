@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 import requests
 
-from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
 from vlm3r_core.video import write_video
@@ -237,7 +236,7 @@ def question_of(tokens: int, processor: Vlm3rProcessor) -> str:
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, moto_endpoint, tmp_path_factory):
+def service(serve_port, moto_endpoint, tmp_path_factory):
     import boto3
     from ray import serve
 
@@ -261,8 +260,7 @@ def service(ray_local, moto_endpoint, tmp_path_factory):
         }
     )
     assert args.api_keys == KEYS and args.video_codecs == LIMITS["video_codecs"]
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port()
     serve.run(build_app(args), name=APP, route_prefix="/")
     base_url = f"http://127.0.0.1:{port}"
     innocent_videos = [make_video(seed=100 + i) for i in range(3)]
@@ -274,7 +272,6 @@ def service(ray_local, moto_endpoint, tmp_path_factory):
     yield Service(base_url, port, bucket, model_dir, innocents, videos)
     innocents.close()
     serve.delete(APP)
-    serve.shutdown()
 
 
 def assert_error(r: requests.Response, status: int, code: str, param: str | None = "", words: str = "") -> dict:

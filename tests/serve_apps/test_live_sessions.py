@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import requests
 
-from serve_apps.ports import free_loopback_port
 from tests.datagen.scene_builder import box, make_scene, orbit_poses, write_scene_with_video
 from vlm3r_core import storage
 from vlm3r_core.geometry import get_cut3r_config
@@ -78,7 +77,7 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(ray_local, tmp_path_factory):
+def live(serve_port, tmp_path_factory):
     from ray import serve
 
     from serve_apps.app import build_app
@@ -103,12 +102,10 @@ def live(ray_local, tmp_path_factory):
         max_frame_pixels=128 * 128,
         session_points_per_keyframe=POINTS_PER_KEYFRAME,
     )
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port()
     serve.run(build_app(args), name=APP, route_prefix="/")
     yield Live(f"http://127.0.0.1:{port}", args.storage_uri)
     serve.delete(APP)
-    serve.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import requests
 
-from serve_apps.ports import free_loopback_port
 from vlm3r_core import storage
 from vlm3r_core.presets import get_preset
 from vlm3r_core.video import write_video
@@ -75,7 +74,7 @@ def _messages(question: str, video_url: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, moto_endpoint, tmp_path_factory):
+def service(serve_port, moto_endpoint, tmp_path_factory):
     import boto3
     from ray import serve
 
@@ -101,13 +100,12 @@ def service(ray_local, moto_endpoint, tmp_path_factory):
         max_tokens_limit=32,
         request_timeout_s=90.0,
     )
-    port = free_loopback_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = serve_port()
     serve.run(build_app(args), name=APP, route_prefix="/")
     videos = root / "videos"
     videos.mkdir()
     yield Service(base_url=f"http://127.0.0.1:{port}", model_dir=model_dir, bucket=bucket, videos=videos)
-    serve.shutdown()
+    serve.delete(APP)
 
 
 @pytest.fixture(scope="module")

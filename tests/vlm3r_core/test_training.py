@@ -481,3 +481,14 @@ def test_grpo_metrics_of_every_step_go_to_the_log_a_progress_line_and_the_summar
     summary = storage.read_json(cfg.summary_uri)
     assert summary["method"] == "grpo" and summary["reward_mean"] == 0.75 and summary["clip_fraction"] == 0.0
     assert summary["reward/object_rel_distance/mean"] == 1.25 and summary["mean_completion_tokens"] == 4.0
+
+
+def test_deepspeed_communication_starts_without_its_inference_only_shm_op(single_process_group):
+    """The CPU shared-memory op serves only tensor-parallel inference; it is neither built (about a
+    minute on a fresh machine) nor loaded (seconds per worker) for training."""
+    import deepspeed.comm.comm as ds_comm
+
+    assert ds_comm.cdb is not None and ds_comm.cdb.shm_comm_op is None
+    import deepspeed
+
+    assert deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is False
