@@ -375,8 +375,8 @@ def online_curve_markdown(curve: dict[str, list[dict]]) -> str:
 
 
 def online_curve_plot(curve: dict[str, list[dict]], chance: dict[str, ChanceLevels]) -> bytes:
-    """PNG: overall official score against fraction seen, a line per benchmark, with its random-guess
-    chance level dashed."""
+    """PNG: overall official score against fraction seen, a line per benchmark, with its chance levels
+    as horizontal lines (random guess dashed, most frequent answer dotted; each where defined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,9 +385,11 @@ def online_curve_plot(curve: dict[str, list[dict]], chance: dict[str, ChanceLeve
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, points in curve.items():
         (line,) = ax.plot([p["fraction"] for p in points], [p["official"] for p in points], marker="o", label=name)
-        if name in chance and chance[name].chance_overall is not None:
-            ax.axhline(chance[name].chance_overall, color=line.get_color(), ls="--", lw=1,
-                       label=f"{name} chance (random)")  # fmt: skip
+        levels = chance.get(name)
+        for value, style, label in (() if levels is None else (
+            (levels.chance_overall, "--", "chance (random)"), (levels.frequency_overall, ":", "chance (frequency)"))):  # fmt: skip
+            if value is not None:
+                ax.axhline(value, color=line.get_color(), ls=style, lw=1, label=f"{name} {label}")
     ax.set_xlabel("fraction of the video seen")
     ax.set_ylabel("overall score (official)")
     ax.set_xlim(0, 1.02)

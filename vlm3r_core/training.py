@@ -278,7 +278,7 @@ def single_process_group(backend: str = "gloo") -> Iterator[None]:
     (with DeepSpeed's cached copy of its world group, so a later group works, and the rank
     variables it set)."""
     deepspeed = import_deepspeed()
-    import deepspeed.utils.groups
+    from deepspeed.utils import groups as deepspeed_groups
 
     if dist.is_initialized():
         yield
@@ -294,7 +294,7 @@ def single_process_group(backend: str = "gloo") -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
-        deepspeed.utils.groups._WORLD_GROUP = None  # engines broadcast over its clone; it died with the group
+        deepspeed_groups._WORLD_GROUP = None  # engines broadcast over its clone; it died with the group
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
