@@ -575,10 +575,9 @@ def test_deepspeed_update_equals_the_plain_torch_update(gloo_rank, warm, process
     """Three micro-batches accumulated by the engine (ZeRO-2 / ZeRO-3) give the same weights as
     plain torch; under ZeRO-3 the rollouts (generation with gathered weights, reference with the
     adapter disabled) are those of the unwrapped model."""
-    import deepspeed
+    from vlm3r_core.training import TrainConfig, deepspeed_config, import_deepspeed
 
-    from vlm3r_core.training import TrainConfig, deepspeed_config
-
+    deepspeed = import_deepspeed()
     model, (examples, features) = _policy(warm), warm[1:]
     config = rl.GRPOConfig(
         group_size=4, max_new_tokens=3, temperature=TEMPERATURE, lr=1e-3, micro_batch_size=6
@@ -688,9 +687,9 @@ def _rank_step(rank: int, port: int, out: str) -> None:
     reward is constant, so all its groups are degenerate. Saves what the test checks."""
     import os
 
-    import deepspeed
+    from vlm3r_core.training import TrainConfig, deepspeed_config, import_deepspeed
 
-    from vlm3r_core.training import TrainConfig, deepspeed_config
+    deepspeed = import_deepspeed()
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
