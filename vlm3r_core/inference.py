@@ -298,6 +298,11 @@ def contexts_from_tokens(tokens_uri: str, video_ids: Sequence[str]) -> dict[str,
     return out
 
 
+def _online_key(video_id: str, fraction: float) -> str:
+    """The context of ``video_id`` after ``fraction`` of it has played (online answering)."""
+    return f"{video_id}@{fraction:g}"
+
+
 class AnswerQuestions:
     """Answers a batch of benchmark rows (columns of :class:`vlm3r_core.evaluation.BenchmarkRow`).
 
@@ -344,7 +349,7 @@ class AnswerQuestions:
             self._cache.move_to_end(video_id)
             return self._cache[video_id]
         if self.online:
-            contexts = {f"{video_id}@{f:g}": c for f, c in online_contexts(self.model, uri, self.online_fractions).items()}
+            contexts = {_online_key(video_id, f): c for f, c in online_contexts(self.model, uri, self.online_fractions).items()}
         else:
             contexts = {video_id: context_from_video(self.model, self.processor, uri)}
         self._cache[video_id] = contexts
@@ -354,7 +359,7 @@ class AnswerQuestions:
 
     def _context_key(self, row: dict) -> str:
         """Which context a row is answered with: its video, and online also how much of it was seen."""
-        return f"{row['video_id']}@{float(row.get('seen_fraction', 1.0)):g}" if self.online else row["video_id"]
+        return _online_key(row["video_id"], float(row.get("seen_fraction", 1.0))) if self.online else row["video_id"]
 
     def _load_videos(self, rows: list[dict]) -> tuple[dict[str, VideoContext], dict[str, str]]:
         """Contexts per context key, and the reason for every video that failed (per video id)."""
